@@ -1,0 +1,150 @@
+"""`flax-mnist`: a thin command line over the library; it parses and calls."""
+
+import argparse
+import json
+import logging
+import sys
+
+from flax_mnist import configs
+from flax_mnist.errors import FlaxMnistError
+from flax_mnist.models import MODELS
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='flax-mnist',
+      description='The TensorFlow MNIST tutorials in JAX/Flax: train, evaluate '
+                  'and inspect their three models.')
+  commands = parser.add_subparsers(dest='command', required=True,
+                                   metavar='COMMAND')
+
+  data_source = argparse.ArgumentParser(add_help=False)
+  data_source.add_argument(
+      '--data-dir', metavar='DIR',
+      help='folder with the four MNIST IDX files (.gz or not); no network or '
+           'TensorFlow needed. Default: tensorflow-datasets')
+  data_source.add_argument(
+      '--tfds-data-dir', metavar='DIR',
+      help="tensorflow-datasets' data dir (default: tfds's own)")
+  data_source.add_argument(
+      '--no-verify', action='store_true',
+      help="accept IDX files whose content is not the official MNIST's "
+           '(e.g. Fashion-MNIST)')
+
+  train = commands.add_parser(
+      'train', parents=[data_source], help='train a preset (resumes a workdir)',
+      description='Train one of the tutorial presets. Running it again on the '
+                  'same workdir resumes from the latest checkpoint.')
+  train.add_argument('--preset', required=True, choices=list(configs.PRESETS))
+  train.add_argument('--workdir', required=True, metavar='DIR',
+                     help='checkpoints, config.json and metrics.jsonl go here')
+  train.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                     dest='overrides',
+                     help='override a config field, e.g. --set steps=2000 '
+                          f'(fields: {", ".join(configs.Config.__dataclass_fields__)})')
+
+  evaluate = commands.add_parser(
+      'eval', parents=[data_source], help="evaluate a workdir's latest checkpoint",
+      description='Restore the latest checkpoint and report test accuracy on '
+                  'all 10,000 test images.')
+  evaluate.add_argument('--workdir', required=True, metavar='DIR')
+  evaluate.add_argument('--json', action='store_true',
+                        help='print one JSON object')
+
+  summary = commands.add_parser(
+      'summary', help="a Keras-style table of a model's layers",
+      description="Print a model's layers, output shapes and parameter counts.")
+  summary.add_argument('--model', required=True, choices=list(MODELS))
+
+  data = commands.add_parser('data', help='check IDX files, or build tfds\'s '
+                                          'mnist from them offline')
+  data_commands = data.add_subparsers(dest='data_command', required=True,
+                                      metavar='ACTION')
+  prepare = data_commands.add_parser(
+      'prepare', help="build tfds's mnist from a folder of IDX files",
+      description="Build tensorflow-datasets' own `mnist` from a folder of "
+                  "the four IDX files, with no network, so that "
+                  "tfds.load('mnist') works offline.")
+  prepare.add_argument('dir', metavar='DIR')
+  prepare.add_argument('--tfds-data-dir', metavar='DIR',
+                       help="tensorflow-datasets' data dir (default: tfds's own)")
+  verify = data_commands.add_parser(
+      'verify', help='check a folder of IDX files and say what is wrong',
+      description='Check the four IDX files: present, readable, well-formed, '
+                  'matching counts and the official checksums.')
+  verify.add_argument('dir', metavar='DIR')
+  return parser
+
+
+def _data_fields(args) -> dict:
+  return {'data_dir': args.data_dir, 'tfds_data_dir': args.tfds_data_dir,
+          'verify_data': not args.no_verify}
+
+
+def _train(args) -> int:
+  import dataclasses
+  from flax_mnist import train
+  config = configs.apply_overrides(configs.get_preset(args.preset), args.overrides)
+  config = dataclasses.replace(config, **_data_fields(args))
+  train.train_and_evaluate(config, args.workdir)
+  return 0
+
+
+def _eval(args) -> int:
+  from flax_mnist import train
+  results = train.evaluate_workdir(args.workdir, **_data_fields(args))
+  if args.json:
+    print(json.dumps(results))
+  else:
+    print(f'step {results["step"]}: test accuracy {results["test_accuracy"]:.4f}, '
+          f'test loss {results["test_loss"]:.4f} '
+          f'({results["num_examples"]} test images)')
+  return 0
+
+
+def _summary(args) -> int:
+  from flax_mnist import summary
+  print(summary.format_summary(args.model))
+  return 0
+
+
+def _data(args) -> int:
+  if args.data_command == 'verify':
+    from flax_mnist import idx
+    problems = idx.verify_dir(args.dir)
+    for problem in problems:
+      print(problem)
+    if not problems:
+      print(f'{args.dir}: all four MNIST files present, well-formed and '
+            'matching the official checksums')
+    return 1 if problems else 0
+  from flax_mnist import tfds_source
+  path = tfds_source.prepare(args.dir, args.tfds_data_dir)
+  print(f"prepared tensorflow-datasets' mnist in {path}")
+  return 0
+
+
+def _show_progress() -> None:
+  """The library's log lines, bare, on stdout; other libraries' only on warnings."""
+  handler = logging.StreamHandler(sys.stdout)
+  handler.setFormatter(logging.Formatter('%(message)s'))
+  ours = logging.getLogger('flax_mnist')
+  ours.handlers[:] = [handler]
+  ours.setLevel(logging.INFO)
+  ours.propagate = False
+  logging.getLogger().setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  _show_progress()
+  command = {'train': _train, 'eval': _eval, 'summary': _summary,
+             'data': _data}[args.command]
+  try:
+    return command(args)
+  except FlaxMnistError as e:
+    print(f'flax-mnist: error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print('flax-mnist: interrupted', file=sys.stderr)
+    return 130

@@ -1,0 +1,17 @@
+"""The one exception type the command line turns into a one-line message."""
+
+
+class FlaxMnistError(Exception):
+  """A user-facing error: bad input, bad config, missing data.
+
+  The CLI prints its message on one line with no traceback; library callers can
+  catch it like any exception.
+  """
+
+
+class DataError(FlaxMnistError):
+  """A data file or folder is missing, damaged or not MNIST."""
+
+
+class ConfigError(FlaxMnistError):
+  """An unknown config field, preset or model, or a bad value."""

@@ -1,0 +1,105 @@
+"""MNIST as arrays, from a folder of IDX files or from tfds, and batches on device.
+
+Both sources return the same `Mnist`: each split in one canonical order
+(sorted by image bytes, then label), so a run is the same whichever source fed
+it. The whole dataset is put on the device once; each epoch is a permutation
+drawn from an explicit key, and batches are gathered on the device.
+"""
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_mnist import idx
+
+
+@dataclasses.dataclass(frozen=True)
+class Mnist:
+  """Host arrays: images (N, 28, 28, 1) uint8, labels (N,) int32."""
+
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+
+
+def canonical_order(images_NHW: np.ndarray, labels_N: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """The pairs sorted by (image bytes, label), as (N, 28, 28, 1) uint8, int32."""
+  images_NHW = np.ascontiguousarray(images_NHW, np.uint8).reshape(-1, 28, 28)
+  labels_N = np.asarray(labels_N).reshape(-1).astype(np.uint8)
+  rows = np.concatenate([images_NHW.reshape(len(images_NHW), -1),
+                         labels_N[:, None]], axis=1)
+  order = np.argsort(rows.view(np.dtype((np.void, rows.shape[1]))).ravel(),
+                     kind='stable')
+  return images_NHW[order, :, :, None], labels_N[order].astype(np.int32)
+
+
+def from_arrays(train: tuple[np.ndarray, np.ndarray],
+                test: tuple[np.ndarray, np.ndarray]) -> Mnist:
+  """A `Mnist` from (images, labels) pairs in any order."""
+  return Mnist(*canonical_order(*train), *canonical_order(*test))
+
+
+def from_idx_dir(data_dir: str, verify: bool = True) -> Mnist:
+  """MNIST from a folder of the four IDX files (no TensorFlow involved)."""
+  return from_arrays(idx.load_split(data_dir, 'train', verify),
+                     idx.load_split(data_dir, 'test', verify))
+
+
+def load(data_dir: str | None = None, tfds_data_dir: str | None = None,
+         verify: bool = True) -> Mnist:
+  """MNIST from `data_dir` if given, else from tensorflow-datasets."""
+  if data_dir is not None:
+    return from_idx_dir(data_dir, verify)
+  # Imported here only: TensorFlow must stay out of runs that use IDX files.
+  from flax_mnist import tfds_source
+  return from_arrays(*tfds_source.load_splits(tfds_data_dir))
+
+
+class Split(NamedTuple):
+  """One split on the device: uint8 images, int32 labels, and a validity mask."""
+
+  images_NHWC: jax.Array
+  labels_N: jax.Array
+  mask_N: jax.Array
+
+
+def to_device(images: np.ndarray, labels: np.ndarray, multiple: int = 1
+              ) -> Split:
+  """The split on the default device, padded to a multiple of `multiple`.
+
+  Padded rows have mask False, so evaluation can use equal-sized batches and
+  still count every real example exactly once.
+  """
+  pad = -len(images) % multiple
+  mask = np.arange(len(images) + pad) < len(images)
+  images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+  labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+  return Split(*jax.device_put((images, labels, mask)))
+
+
+def normalize(images_BHWC: jax.Array) -> jax.Array:
+  """uint8 pixels to float32 in [0, 1], as the tutorials feed them."""
+  return images_BHWC.astype(jnp.float32) / 255.0
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array,
+                      num_examples: int) -> jax.Array:
+  """The order of epoch `epoch`: a function of the key and the epoch only."""
+  return jax.random.permutation(jax.random.fold_in(data_key, epoch),
+                                num_examples)
+
+
+@functools.partial(jax.jit, static_argnames='batch_size')
+def batch_at(split: Split, order: jax.Array, index: int | jax.Array,
+             batch_size: int) -> dict[str, jax.Array]:
+  """Batch `index` of the examples listed in `order`, normalized."""
+  ids = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+  return {'image': normalize(split.images_NHWC[ids]),
+          'label': split.labels_N[ids], 'mask': split.mask_N[ids]}

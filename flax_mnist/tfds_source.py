@@ -1,0 +1,117 @@
+"""MNIST through tensorflow-datasets, and `data prepare` for machines with no network.
+
+The only module that imports TensorFlow or tfds, and only when called.
+TensorFlow is hidden from every GPU first, so it never takes accelerator
+memory away from JAX.
+
+`prepare` fills tfds's download cache with a folder's IDX files (verified by
+their uncompressed content) and lets tfds build its own `mnist` from them, so
+that `tfds.load('mnist')` works offline for any code on the machine. tfds
+trusts a cached download filed under the registered checksum, which is why a
+re-compressed but identical train-images file is accepted here.
+"""
+
+import gzip
+import os
+import shutil
+import socket
+import urllib.parse
+import urllib.request
+
+import numpy as np
+
+from flax_mnist import idx
+from flax_mnist.errors import DataError
+
+_OFFLINE_HINT = ('with no internet, train from a folder of the four IDX files '
+                 'with --data-dir DIR, or run `flax-mnist data prepare DIR` once '
+                 'to build tfds\'s mnist from it')
+
+
+def _tfds():
+  """tensorflow_datasets, with TensorFlow kept off the GPUs."""
+  try:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise DataError(f'tensorflow-datasets is not usable here ({e}); '
+                    f'{_OFFLINE_HINT}') from None
+  tf.config.set_visible_devices([], 'GPU')
+  return tfds
+
+
+def _builder(data_dir: str | None):
+  return _tfds().builder('mnist', data_dir=data_dir)
+
+
+def load_splits(data_dir: str | None = None
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+  """((train images, labels), (test images, labels)) from tfds's `mnist`.
+
+  Downloads and prepares it on first use, into `data_dir` (default: tfds's).
+  """
+  tfds = _tfds()
+  builder = _builder(data_dir)
+  if not builder.is_prepared():
+    _check_reachable(builder)
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # tfds raises many types for a failed download.
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      raise DataError(
+          f'could not download MNIST with tensorflow-datasets into '
+          f'{builder.data_dir} ({type(e).__name__}: {reason[:200]}); '
+          f'{_OFFLINE_HINT}') from None
+  splits = tfds.as_numpy(builder.as_dataset(
+      split=['train', 'test'], batch_size=-1, as_supervised=True))
+  return tuple((images, labels) for images, labels in splits)
+
+
+def _check_reachable(builder) -> None:
+  """Fails at once, not after tfds's many retries, when the data host is unreachable."""
+  url = urllib.parse.urlsplit(next(iter(builder.url_infos)))
+  if urllib.request.getproxies().get(url.scheme):
+    return  # Only the proxy can tell; let tfds try.
+  try:
+    socket.create_connection((url.hostname, url.port or 443), timeout=10).close()
+  except OSError as e:
+    raise DataError(f'cannot reach {url.hostname} to download MNIST with '
+                    f'tensorflow-datasets ({e}); {_OFFLINE_HINT}') from None
+
+
+def prepare(idx_dir: str, data_dir: str | None = None) -> str:
+  """Builds tfds's `mnist` in `data_dir` from the IDX files in `idx_dir`.
+
+  Returns the prepared dataset's folder. No network is used.
+  """
+  for key in idx.FILES:
+    path = idx.find(idx_dir, key)
+    idx.check_content(path, idx.read_bytes(path), idx.FILES[key])
+  from etils import epath
+  from tensorflow_datasets.core.download import resource
+  builder = _builder(data_dir)
+  if builder.is_prepared():
+    return builder.data_dir
+  # Where download_and_prepare looks by default, so later loads find it too.
+  download_dir = os.path.join(builder.data_dir_root, 'downloads')
+  for url, url_info in builder.url_infos.items():
+    name = url_info.filename.removesuffix('.gz')
+    key = next(k for k, f in idx.FILES.items() if f.name == name)
+    cached = os.path.join(download_dir, builder.name,
+                          resource.get_dl_fname(url, url_info.checksum))
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    _write_gzipped(idx.find(idx_dir, key), cached)
+    resource.write_info_file(url=url, path=epath.Path(cached),
+                             dataset_name=builder.name,
+                             original_fname=url_info.filename, url_info=url_info)
+  builder.download_and_prepare(download_dir=download_dir)
+  return builder.data_dir
+
+
+def _write_gzipped(source: str, destination: str) -> None:
+  """`source` as a gzip file at `destination` (tfds extracts by the .gz name)."""
+  if source.endswith('.gz'):
+    shutil.copyfile(source, destination)
+    return
+  with open(source, 'rb') as f, gzip.open(destination, 'wb') as out:
+    shutil.copyfileobj(f, out)
