@@ -1,0 +1,59 @@
+"""Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR) and small data made here."""
+
+import gzip
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from flax_mnist import input_pipeline
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# The four real IDX files; CI and the README point here.
+MNIST_DIR = os.environ.get('FLAX_MNIST_DATA_DIR', str(REPO.parent / 'shared' / 'mnist'))
+
+
+@pytest.fixture(scope='session')
+def mnist_dir() -> str:
+  if not os.path.isdir(MNIST_DIR):
+    pytest.skip(f'real MNIST not found at {MNIST_DIR} (set FLAX_MNIST_DATA_DIR)')
+  return MNIST_DIR
+
+
+def write_idx(path: str, array: np.ndarray, magic: int | None = None) -> None:
+  """`array` (uint8) as an IDX file; gzipped when `path` ends in .gz."""
+  array = np.asarray(array, np.uint8)
+  magic = 0x800 + array.ndim if magic is None else magic
+  header = magic.to_bytes(4, 'big') + b''.join(
+      d.to_bytes(4, 'big') for d in array.shape)
+  content = header + array.tobytes()
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'wb') as f:
+    f.write(content)
+
+
+def synthetic_split(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Learnable fake digits: class k lights a 4x4 block at its own place, plus noise."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, num).astype(np.uint8)
+  images = rng.integers(0, 60, (num, 28, 28)).astype(np.uint8)
+  for i, label in enumerate(labels):
+    row, col = divmod(int(label), 5)
+    images[i, 4 + 10 * row:8 + 10 * row, 2 + 5 * col:6 + 5 * col] = 255
+  return images, labels
+
+
+@pytest.fixture
+def tiny_idx_dir(tmp_path) -> str:
+  """A folder of four small gzipped IDX files (not the official content)."""
+  for split, num, seed in (('train', 240, 0), ('t10k', 60, 1)):
+    images, labels = synthetic_split(num, seed)
+    write_idx(str(tmp_path / f'{split}-images-idx3-ubyte.gz'), images)
+    write_idx(str(tmp_path / f'{split}-labels-idx1-ubyte.gz'), labels)
+  return str(tmp_path)
+
+
+@pytest.fixture(scope='session')
+def tiny_mnist() -> input_pipeline.Mnist:
+  return input_pipeline.from_arrays(synthetic_split(600, 0), synthetic_split(130, 1))

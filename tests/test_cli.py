@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from flax_mnist import cli
+
+
+def _run(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', 'flax_mnist', *args],
+                        capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+@pytest.mark.parametrize('args', [[], ['train'], ['eval'], ['summary'], ['data'],
+                                  ['data', 'prepare'], ['data', 'verify']])
+def test_help_everywhere(args, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main([*args, '--help'])
+  assert exit_info.value.code == 0
+  assert 'usage: flax-mnist' in capsys.readouterr().out
+
+
+def test_summary(capsys):
+  assert cli.main(['summary', '--model', 'keras_cnn']) == 0
+  out = capsys.readouterr().out
+  assert 'Total params: 93,322' in out and 'conv2d_1 (Conv)' in out
+
+
+@pytest.mark.parametrize('args,message', [
+    (['summary', '--model', 'vgg'], "invalid choice: 'vgg'"),
+    (['train', '--preset', 'expert', '--workdir', 'x'], "invalid choice: 'expert'"),
+])
+def test_unknown_names(args, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(args)
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_override_is_one_line_with_no_traceback(tmp_path):
+  out = _run('train', '--preset', 'beginners', '--workdir', str(tmp_path),
+             '--set', 'batch_size=big')
+  assert out.returncode == 2
+  assert out.stderr.strip() == ("flax-mnist: error: batch_size must be an integer, "
+                                "got 'big'")
+
+
+def test_bad_data_is_one_line_with_no_traceback(tiny_idx_dir, tmp_path):
+  out = _run('train', '--preset', 'beginners', '--workdir', str(tmp_path),
+             '--data-dir', tiny_idx_dir)
+  assert out.returncode == 2
+  assert out.stderr.count('\n') == 1 and 'Traceback' not in out.stderr
+  assert 'train-images-idx3-ubyte.gz: checksum mismatch' in out.stderr
+
+
+def test_train_eval_and_resume_on_small_data(tiny_idx_dir, tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  common = ['--workdir', workdir, '--data-dir', tiny_idx_dir, '--no-verify']
+  assert cli.main(['train', '--preset', 'keras', *common, '--set', 'steps=20',
+                   '--set', 'batch_size=16', '--set', 'log_every=5',
+                   '--set', 'checkpoint_every=10']) == 0
+  out = capsys.readouterr().out
+  assert 'step 0, training accuracy' in out and 'step 15, training accuracy' in out
+  assert 'step 20, test accuracy' in out and '(60 images)' in out
+  assert cli.main(['eval', *common, '--json']) == 0
+  results = json.loads(capsys.readouterr().out)
+  assert results['step'] == 20 and results['num_examples'] == 60
+  assert {'test_accuracy', 'test_loss'} <= set(results)
+  assert cli.main(['train', '--preset', 'keras', *common, '--set', 'steps=30',
+                   '--set', 'batch_size=16', '--set', 'log_every=5',
+                   '--set', 'checkpoint_every=10']) == 0
+  assert 'resuming from the checkpoint at step 20' in capsys.readouterr().out
+
+
+def test_eval_without_a_run(tmp_path, capsys):
+  assert cli.main(['eval', '--workdir', str(tmp_path)]) == 2
+  assert 'no checkpoints here' in capsys.readouterr().err
+
+
+def test_data_verify(mnist_dir, tiny_idx_dir, capsys):
+  assert cli.main(['data', 'verify', mnist_dir]) == 0
+  assert 'matching the official checksums' in capsys.readouterr().out
+  assert cli.main(['data', 'verify', tiny_idx_dir]) == 1
+  assert capsys.readouterr().out.count('checksum mismatch') == 4

@@ -1,0 +1,49 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import synthetic_split
+from flax_mnist import input_pipeline
+
+
+def test_canonical_order_ignores_input_order():
+  images, labels = synthetic_split(300, 3)
+  shuffled = np.random.default_rng(0).permutation(300)
+  a = input_pipeline.canonical_order(images, labels)
+  b = input_pipeline.canonical_order(images[shuffled], labels[shuffled])
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_array_equal(a[1], b[1])
+  assert a[0].shape == (300, 28, 28, 1) and a[0].dtype == np.uint8
+  assert a[1].dtype == np.int32
+  # Same multiset of (image, label) pairs.
+  pairs = lambda im, lb: sorted(x.tobytes() + bytes([int(y)]) for x, y in zip(im, lb))
+  assert pairs(a[0], a[1]) == pairs(images[..., None], labels)
+
+
+def test_epoch_permutation_is_a_function_of_key_and_epoch():
+  key = jax.random.PRNGKey(7)
+  first = input_pipeline.epoch_permutation(key, 0, 100)
+  np.testing.assert_array_equal(first, input_pipeline.epoch_permutation(key, 0, 100))
+  assert not np.array_equal(first, input_pipeline.epoch_permutation(key, 1, 100))
+  assert sorted(np.asarray(first).tolist()) == list(range(100))
+
+
+def test_batches_cover_an_epoch_once(tiny_mnist):
+  split = input_pipeline.to_device(tiny_mnist.train_images, tiny_mnist.train_labels)
+  order = input_pipeline.epoch_permutation(jax.random.PRNGKey(0), 0, 600)
+  seen = []
+  for i in range(600 // 50):
+    batch = input_pipeline.batch_at(split, order, i, 50)
+    assert batch['image'].shape == (50, 28, 28, 1)
+    assert batch['image'].dtype == jnp.float32
+    assert 0.0 <= float(batch['image'].min()) and float(batch['image'].max()) <= 1.0
+    seen.append(np.asarray(order[i * 50:(i + 1) * 50]))
+    np.testing.assert_array_equal(
+        batch['label'], tiny_mnist.train_labels[np.asarray(seen[-1])])
+  assert sorted(np.concatenate(seen).tolist()) == list(range(600))
+
+
+def test_to_device_pads_with_a_mask(tiny_mnist):
+  split = input_pipeline.to_device(tiny_mnist.test_images, tiny_mnist.test_labels, 60)
+  assert len(split.labels_N) == 180 and int(split.mask_N.sum()) == 130
+  assert not np.any(split.mask_N[130:])

@@ -1,0 +1,111 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from flax_mnist import configs, input_pipeline, train
+from flax_mnist.errors import ConfigError
+
+
+def _config(**changes) -> configs.Config:
+  base = dataclasses.replace(configs.get_preset('keras'), epochs=None, steps=30,
+                             batch_size=20, log_every=10, checkpoint_every=10,
+                             eval_batch_size=50)
+  return dataclasses.replace(base, **changes)
+
+
+def test_train_step_is_pure_and_learns(tiny_mnist):
+  config = _config()
+  state = train.create_train_state(config)
+  split = input_pipeline.to_device(tiny_mnist.train_images, tiny_mnist.train_labels)
+  order = input_pipeline.epoch_permutation(jax.random.PRNGKey(0), 0, 600)
+  batch = input_pipeline.batch_at(split, order, 0, 20)
+  twin = train.create_train_state(config)
+  a, metrics_a = train.train_step(state, batch, jax.random.PRNGKey(1))
+  b, metrics_b = train.train_step(twin, batch, jax.random.PRNGKey(1))
+  assert int(a.step) == 1
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
+  assert set(metrics_a) == {'loss', 'accuracy'}
+  losses = []
+  for i in range(1, 30):
+    a, metrics = train.train_step(a, input_pipeline.batch_at(split, order, i % 30, 20),
+                                  jax.random.PRNGKey(i))
+    losses.append(float(metrics['loss']))
+  assert np.mean(losses[-5:]) < 0.5 * float(metrics_a['loss'])
+
+
+def test_evaluate_counts_every_example(tiny_mnist):
+  state = train.create_train_state(_config())
+  split = input_pipeline.to_device(tiny_mnist.test_images, tiny_mnist.test_labels, 50)
+  results = train.evaluate(state, split, 50)
+  assert results['num_examples'] == 130
+  logits = state.apply_fn({'params': state.params},
+                          input_pipeline.normalize(tiny_mnist.test_images))
+  expected = np.mean(np.argmax(logits, -1) == tiny_mnist.test_labels)
+  assert results['test_accuracy'] == pytest.approx(expected)
+
+
+def test_train_and_evaluate_writes_logs_metrics_and_checkpoints(tiny_mnist, tmp_path, caplog):
+  caplog.set_level('INFO', logger='flax_mnist')
+  state, results = train.train_and_evaluate(_config(), str(tmp_path), tiny_mnist)
+  assert int(state.step) == 30 and results['num_examples'] == 130
+  assert results['test_accuracy'] > 0.5
+  assert 'step 10, training accuracy' in caplog.text
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [l['step'] for l in lines if 'train_loss' in l] == [0, 10, 20]
+  assert lines[-1]['step'] == 30 and lines[-1]['test_accuracy'] == results['test_accuracy']
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '20', '30']
+  assert json.load(open(tmp_path / 'config.json'))['steps'] == 30
+
+
+@pytest.mark.parametrize('model,extra', [('keras_cnn', {}),
+                                          ('deep_cnn', {'dropout_rate': 0.5})])
+def test_resume_ends_with_the_uninterrupted_parameters(tiny_mnist, tmp_path, model, extra):
+  # 600 examples / batch 40 = 15 steps per epoch: the break at step 20 is mid-epoch.
+  config = _config(model=model, batch_size=40, steps=40, checkpoint_every=20,
+                   **extra)
+  whole, _ = train.train_and_evaluate(config, str(tmp_path / 'whole'), tiny_mnist)
+  part = str(tmp_path / 'part')
+  train.train_and_evaluate(dataclasses.replace(config, steps=20), part, tiny_mnist)
+  resumed, _ = train.train_and_evaluate(config, part, tiny_mnist)
+  assert int(resumed.step) == 40
+  jax.tree_util.tree_map(np.testing.assert_array_equal, whole.params, resumed.params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, whole.opt_state,
+                         resumed.opt_state)
+
+
+def test_resume_refuses_another_config(tiny_mnist, tmp_path):
+  train.train_and_evaluate(_config(steps=10), str(tmp_path), tiny_mnist)
+  with pytest.raises(ConfigError, match=r'another config \(batch_size 20 -> 30\)'):
+    train.train_and_evaluate(_config(batch_size=30), str(tmp_path), tiny_mnist)
+
+
+def test_evaluate_workdir(tiny_idx_dir, tmp_path):
+  config = _config(steps=10, data_dir=tiny_idx_dir, verify_data=False)
+  _, results = train.train_and_evaluate(config, str(tmp_path))
+  again = train.evaluate_workdir(str(tmp_path), verify_data=False)
+  assert again == results
+
+
+def test_training_from_idx_imports_no_tensorflow(mnist_dir, tmp_path):
+  code = f'''
+import sys, dataclasses
+from flax_mnist import configs, train
+config = dataclasses.replace(configs.get_preset('beginners'), steps=300,
+                             data_dir={mnist_dir!r})
+_, results = train.train_and_evaluate(config, {str(tmp_path)!r})
+assert results['num_examples'] == 10000, results
+assert results['test_accuracy'] > 0.88, results
+leaked = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]
+assert not leaked, leaked
+print('ok')
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, cwd=REPO, timeout=300)
+  assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-2000:]
