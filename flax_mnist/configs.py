@@ -11,7 +11,7 @@ import math
 import typing
 from typing import Callable, Iterable
 
-from flax_mnist.errors import ConfigError
+from flax_mnist.errors import ConfigError, check_choice
 from flax_mnist.models import MODELS
 
 OPTIMIZERS = ('sgd', 'adam')
@@ -53,8 +53,8 @@ class Config:
   def __post_init__(self):
     for field in dataclasses.fields(self):
       _check_type(field.name, getattr(self, field.name), _field_types()[field.name])
-    _check_choice('model', self.model, MODELS)
-    _check_choice('optimizer', self.optimizer, OPTIMIZERS)
+    check_choice('model', self.model, MODELS)
+    check_choice('optimizer', self.optimizer, OPTIMIZERS)
     positive = ['learning_rate', 'batch_size', 'log_every', 'checkpoint_every',
                 'max_checkpoints', 'eval_batch_size', 'adam_eps']
     positive += [name for name in ('steps', 'epochs')
@@ -136,9 +136,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 
 def get_preset(name: str) -> Config:
-  if name not in PRESETS:
-    raise ConfigError(
-        f'unknown preset {name!r}; choose one of: {", ".join(PRESETS)}')
+  check_choice('preset', name, PRESETS)
   return PRESETS[name]()
 
 
@@ -176,17 +174,12 @@ def _parse(key: str, text: str, annotation):
     if text.lower() in ('false', '0', 'no'):
       return False
     raise ConfigError(f'{key} must be true or false, got {text!r}')
-  for kind in (int, float):
+  for kind, name in ((int, 'an integer'), (float, 'a number')):
     if kind in types:
       try:
         return kind(text.replace('_', ''))
       except ValueError:
-        # An int field given '1e3' or '2.0' is a mistake worth reporting.
-        if kind is int and float in types:
-          continue
-        raise ConfigError(
-            f'{key} must be {"an integer" if kind is int else "a number"}, '
-            f'got {text!r}') from None
+        raise ConfigError(f'{key} must be {name}, got {text!r}') from None
   return text
 
 
@@ -203,9 +196,3 @@ def _check_type(key: str, value, annotation) -> None:
   if not ok:
     names = ' or '.join(t.__name__ for t in types)
     raise ConfigError(f'{key} must be {names}, got {value!r}')
-
-
-def _check_choice(key: str, value: str, choices: Iterable[str]) -> None:
-  if value not in choices:
-    raise ConfigError(
-        f'unknown {key} {value!r}; choose one of: {", ".join(choices)}')

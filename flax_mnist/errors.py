@@ -15,3 +15,10 @@ class DataError(FlaxMnistError):
 
 class ConfigError(FlaxMnistError):
   """An unknown config field, preset or model, or a bad value."""
+
+
+def check_choice(kind: str, value: str, choices) -> None:
+  """Raises a `ConfigError` listing `choices` unless `value` is one of them."""
+  if value not in choices:
+    raise ConfigError(
+        f'unknown {kind} {value!r}; choose one of: {", ".join(choices)}')

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flax_mnist.errors import ConfigError
+from flax_mnist.errors import check_choice
 
 NUM_CLASSES = 10
 
@@ -108,9 +108,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def create_model(name: str, *, dropout_rate: float = 0.0) -> nn.Module:
   """The model called `name`; `dropout_rate` applies to models with dropout."""
-  if name not in MODELS:
-    raise ConfigError(
-        f'unknown model {name!r}; choose one of: {", ".join(MODELS)}')
+  check_choice('model', name, MODELS)
   if name == 'deep_cnn':
     return DeepCNN(dropout_rate=dropout_rate)
   return MODELS[name]()

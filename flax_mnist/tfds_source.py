@@ -36,7 +36,10 @@ def _tfds():
   except ImportError as e:
     raise DataError(f'tensorflow-datasets is not usable here ({e}); '
                     f'{_OFFLINE_HINT}') from None
-  tf.config.set_visible_devices([], 'GPU')
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    pass  # TensorFlow was already initialised by the caller; its choice stands.
   return tfds
 
 

@@ -149,7 +149,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
         window_start, window_steps = time.perf_counter(), 0
         logger.info('step %d, training accuracy %g, loss %.4f%s', step - 1,
                     metrics['accuracy'], metrics['loss'],
-                    f' ({rate:.0f} images/s)' if rate else '')
+                    _speed(rate, (total_steps - step) * config.batch_size))
         metrics_log.write(step=step - 1, train_accuracy=float(metrics['accuracy']),
                           train_loss=float(metrics['loss']), images_per_second=rate)
       if config.eval_every and step % config.eval_every == 0 and step < total_steps:
@@ -159,6 +159,14 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     ckpt.wait()
     results = _evaluate_and_log(state, test, config, metrics_log, step)
   return state, results
+
+
+def _speed(images_per_second: float | None, images_left: int) -> str:
+  """' (N images/s, M:SS left)', or '' while the rate is unknown."""
+  if not images_per_second:
+    return ''
+  minutes, seconds = divmod(round(images_left / images_per_second), 60)
+  return f' ({images_per_second:.0f} images/s, {minutes}:{seconds:02d} left)'
 
 
 def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
