@@ -9,7 +9,6 @@ parameters are materialized and shapes are checked.
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from flax_mnist.errors import FlaxMnistError
@@ -51,9 +50,14 @@ class Checkpointer:
               ) -> tuple[Any, dict]:
     """(state shaped like `abstract_state`, record) of `step`, default the latest."""
     step = self._resolve(step)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        record=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          record=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, OSError) as e:
+      raise FlaxMnistError(f'{self.directory}/{step}: cannot restore this '
+                           f'checkpoint ({type(e).__name__}: '
+                           f'{str(e).splitlines()[0] if str(e) else ""})') from None
     return restored['state'], restored['record']
 
   def wait(self) -> None:
@@ -76,7 +80,3 @@ class Checkpointer:
       raise FlaxMnistError(f'{self.directory}: no checkpoint found')
     return step
 
-
-def abstract(tree: Any) -> Any:
-  """The shapes and dtypes of `tree`, for restoring without allocating."""
-  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)

@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 
 from flax_mnist import configs
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
       '--tfds-data-dir', metavar='DIR',
       help="tensorflow-datasets' data dir (default: tfds's own)")
   data_source.add_argument(
-      '--no-verify', action='store_true',
+      '--no-verify', dest='verify_data', action='store_const', const=False,
       help="accept IDX files whose content is not the official MNIST's "
            '(e.g. Fashion-MNIST)')
 
@@ -77,8 +78,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _data_fields(args) -> dict:
-  return {'data_dir': args.data_dir, 'tfds_data_dir': args.tfds_data_dir,
-          'verify_data': not args.no_verify}
+  """The data options given on the command line, folders made absolute."""
+  fields = {'data_dir': args.data_dir, 'tfds_data_dir': args.tfds_data_dir}
+  fields = {k: os.path.abspath(v) for k, v in fields.items() if v is not None}
+  if args.verify_data is not None:
+    fields['verify_data'] = args.verify_data
+  return fields
 
 
 def _train(args) -> int:

@@ -7,6 +7,7 @@ line (`--set steps=2000`); both paths run the same validation.
 """
 
 import dataclasses
+import functools
 import math
 import typing
 from typing import Callable, Iterable
@@ -62,6 +63,12 @@ class Config:
     for name in positive:
       if not getattr(self, name) > 0:
         raise ConfigError(f'{name} must be > 0, got {getattr(self, name)!r}')
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f'{field.name} must be finite, got {value}')
+    if not 0 <= self.seed < 2**32:
+      raise ConfigError(f'seed must be in [0, 2**32), got {self.seed}')
     if self.eval_every < 0:
       raise ConfigError(f'eval_every must be >= 0, got {self.eval_every}')
     if self.steps is None and self.epochs is None:
@@ -156,6 +163,7 @@ def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
   return dataclasses.replace(config, **changes)
 
 
+@functools.cache
 def _field_types() -> dict[str, object]:
   return typing.get_type_hints(Config)
 

@@ -106,9 +106,10 @@ def parse(path: str, content: bytes, expected: IdxFile) -> np.ndarray:
 
 
 def check_content(path: str, content: bytes, expected: IdxFile) -> None:
-  """Raise unless `content` is the official file's content."""
+  """Raise unless `content` is the official file's content (md5 and sha256)."""
   md5 = hashlib.md5(content).hexdigest()
-  if md5 != expected.md5:
+  sha256 = hashlib.sha256(content).hexdigest()
+  if (md5, sha256) != (expected.md5, expected.sha256):
     raise DataError(
         f'{path}: checksum mismatch: uncompressed md5 {md5}, expected '
         f'{expected.md5} (the official {expected.name}); pass '
@@ -136,6 +137,7 @@ def load_split(data_dir: str, split: str, verify: bool = True
 
 def _check_pair(data_dir: str, split: str, images: np.ndarray,
                 labels: np.ndarray) -> None:
+  """Counts agree and labels are digits (the files were found already)."""
   labels_path = find(data_dir, f'{split}_labels')
   if len(images) != len(labels):
     raise DataError(f'{find(data_dir, split + "_images")}: {len(images)} images '

@@ -43,10 +43,6 @@ def _tfds():
   return tfds
 
 
-def _builder(data_dir: str | None):
-  return _tfds().builder('mnist', data_dir=data_dir)
-
-
 def load_splits(data_dir: str | None = None
                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """((train images, labels), (test images, labels)) from tfds's `mnist`.
@@ -54,7 +50,7 @@ def load_splits(data_dir: str | None = None
   Downloads and prepares it on first use, into `data_dir` (default: tfds's).
   """
   tfds = _tfds()
-  builder = _builder(data_dir)
+  builder = tfds.builder('mnist', data_dir=data_dir)
   if not builder.is_prepared():
     _check_reachable(builder)
     try:
@@ -92,7 +88,7 @@ def prepare(idx_dir: str, data_dir: str | None = None) -> str:
     idx.check_content(path, idx.read_bytes(path), idx.FILES[key])
   from etils import epath
   from tensorflow_datasets.core.download import resource
-  builder = _builder(data_dir)
+  builder = _tfds().builder('mnist', data_dir=data_dir)
   if builder.is_prepared():
     return builder.data_dir
   # Where download_and_prepare looks by default, so later loads find it too.
@@ -107,7 +103,11 @@ def prepare(idx_dir: str, data_dir: str | None = None) -> str:
     resource.write_info_file(url=url, path=epath.Path(cached),
                              dataset_name=builder.name,
                              original_fname=url_info.filename, url_info=url_info)
-  builder.download_and_prepare(download_dir=download_dir)
+  try:
+    builder.download_and_prepare(download_dir=download_dir)
+  except Exception as e:  # tfds's own errors have no common base class.
+    raise DataError(f'tensorflow-datasets could not build mnist in '
+                    f'{builder.data_dir} ({type(e).__name__}: {e})') from None
   return builder.data_dir
 
 

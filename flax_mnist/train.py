@@ -23,7 +23,7 @@ from flax_mnist import checkpoint
 from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import models
-from flax_mnist.errors import ConfigError
+from flax_mnist.errors import ConfigError, FlaxMnistError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
 def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int
              ) -> dict[str, float]:
   """Loss and accuracy over every example of `split` (padded by `to_device`)."""
+  if len(split.labels_N) % batch_size:
+    raise ValueError(f'{len(split.labels_N)} rows do not split into batches of '
+                     f'{batch_size}: pad with to_device(..., multiple={batch_size})')
   order = jnp.arange(len(split.labels_N))
   sums = [eval_step(state, input_pipeline.batch_at(split, order, i, batch_size))
           for i in range(len(order) // batch_size)]
@@ -100,6 +103,14 @@ def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int
           'num_examples': count}
 
 
+def _test_split(data: input_pipeline.Mnist, config: configs.Config
+                ) -> tuple[input_pipeline.Split, int]:
+  """The test split on device, padded for the eval batch size, and that size."""
+  batch_size = min(config.eval_batch_size, len(data.test_labels))
+  return (input_pipeline.to_device(data.test_images, data.test_labels, batch_size),
+          batch_size)
+
+
 def train_and_evaluate(config: configs.Config, workdir: str,
                        data: input_pipeline.Mnist | None = None
                        ) -> tuple[TrainState, dict[str, Any]]:
@@ -108,30 +119,37 @@ def train_and_evaluate(config: configs.Config, workdir: str,
   `data` defaults to `config.data_dir` (IDX files) or tensorflow-datasets.
   Returns the final state and the final test metrics.
   """
-  if data is None:
-    data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                               config.verify_data)
-  num_train = len(data.train_labels)
-  steps_per_epoch = config.steps_per_epoch(num_train)
-  total_steps = config.total_steps(num_train)
-  os.makedirs(workdir, exist_ok=True)
-  train = input_pipeline.to_device(data.train_images, data.train_labels)
-  test = input_pipeline.to_device(data.test_images, data.test_labels,
-                                  config.eval_batch_size)
-  metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
-
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise FlaxMnistError(f'{workdir}: cannot create the workdir ({e.strerror})') from None
   with checkpoint.Checkpointer(workdir, config.max_checkpoints) as ckpt:
-    state, (epoch, index) = _start(config, ckpt, workdir)
+    # A refused resume should not wait for the data to load.
+    state, record = _start(config, ckpt, workdir)
+    if data is None:
+      data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
+                                 config.verify_data)
+    num_train = len(data.train_labels)
+    if record and record['num_train'] != num_train:
+      raise FlaxMnistError(
+          f'{workdir} was trained on {record["num_train"]} examples, this data '
+          f'has {num_train}: resume with the same data, or use a new --workdir')
+    epoch, index = record['data_position'] if record else (0, 0)
     step = int(state.step)
+    metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
+    metrics_log.drop_from(step)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(config.to_dict(), f, indent=2)
+    steps_per_epoch = config.steps_per_epoch(num_train)
+    total_steps = config.total_steps(num_train)
+    train = input_pipeline.to_device(data.train_images, data.train_labels)
+    test, eval_batch_size = _test_split(data, config)
     dropout_key = jax.random.fold_in(state.rng, _DROPOUT)
     data_key = jax.random.fold_in(state.rng, _DATA)
     if step < total_steps:
       logger.info('training %s for %d steps (%d per epoch) from step %d',
                   config.model, total_steps, steps_per_epoch, step)
-    order = None
-    window_start, window_steps = time.perf_counter(), 0
+    order, window_start, window_steps = None, None, 0
     while step < total_steps:
       if index == steps_per_epoch:
         epoch, index = epoch + 1, 0
@@ -141,11 +159,14 @@ def train_and_evaluate(config: configs.Config, workdir: str,
       state, metrics = train_step(state, batch,
                                   jax.random.fold_in(dropout_key, step))
       step, index, window_steps = step + 1, index + 1, window_steps + 1
+      if window_start is None:
+        # Rates start after the first step, which includes compilation.
+        jax.block_until_ready(state)
+        window_start, window_steps = time.perf_counter(), 0
       if (step - 1) % config.log_every == 0:
         metrics = jax.device_get(metrics)
-        # The first window of a process includes compilation: no rate for it.
         rate = (window_steps * config.batch_size /
-                (time.perf_counter() - window_start)) if window_steps > 1 else None
+                (time.perf_counter() - window_start)) if window_steps else None
         window_start, window_steps = time.perf_counter(), 0
         logger.info('step %d, training accuracy %g, loss %.4f%s', step - 1,
                     metrics['accuracy'], metrics['loss'],
@@ -153,11 +174,12 @@ def train_and_evaluate(config: configs.Config, workdir: str,
         metrics_log.write(step=step - 1, train_accuracy=float(metrics['accuracy']),
                           train_loss=float(metrics['loss']), images_per_second=rate)
       if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-        _evaluate_and_log(state, test, config, metrics_log, step)
+        _evaluate_and_log(state, test, eval_batch_size, metrics_log, step)
       if step % config.checkpoint_every == 0 or step == total_steps:
-        ckpt.save(step, state, _record(config, epoch, index))
+        ckpt.save(step, state, {'config': config.to_dict(), 'num_train': num_train,
+                                'data_position': [epoch, index]})
     ckpt.wait()
-    results = _evaluate_and_log(state, test, config, metrics_log, step)
+    results = _evaluate_and_log(state, test, eval_batch_size, metrics_log, step)
   return state, results
 
 
@@ -170,10 +192,10 @@ def _speed(images_per_second: float | None, images_left: int) -> str:
 
 
 def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
-           ) -> tuple[TrainState, tuple[int, int]]:
-  """The state and (epoch, batch index) to start from: the latest checkpoint's, or new."""
+           ) -> tuple[TrainState, dict | None]:
+  """A new state, or the latest checkpoint's state and record."""
   if ckpt.latest_step() is None:
-    return create_train_state(config), (0, 0)
+    return create_train_state(config), None
   saved = configs.Config.from_dict(ckpt.restore_record()['config'])
   changed = [f'{f.name} {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}'
              for f in dataclasses.fields(config)
@@ -186,7 +208,7 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
         f'{", ".join(sorted(configs.RESUMABLE_FIELDS))}')
   state, record = restore_state(ckpt, config)
   logger.info('resuming from the checkpoint at step %d', int(state.step))
-  return state, tuple(record['data_position'])
+  return state, record
 
 
 def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
@@ -196,12 +218,8 @@ def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
   return ckpt.restore(abstract, step)
 
 
-def _record(config: configs.Config, epoch: int, index: int) -> dict:
-  return {'config': config.to_dict(), 'data_position': [epoch, index]}
-
-
-def _evaluate_and_log(state, test, config, metrics_log, step) -> dict[str, Any]:
-  results = {'step': step, **evaluate(state, test, config.eval_batch_size)}
+def _evaluate_and_log(state, test, batch_size, metrics_log, step) -> dict[str, Any]:
+  results = {'step': step, **evaluate(state, test, batch_size)}
   logger.info('step %d, test accuracy %g, test loss %.4f (%d images)', step,
               results['test_accuracy'], results['test_loss'],
               results['num_examples'])
@@ -210,7 +228,7 @@ def _evaluate_and_log(state, test, config, metrics_log, step) -> dict[str, Any]:
 
 
 class MetricsLog:
-  """Appends one JSON object per line to `path`, flushed at once."""
+  """One JSON object per line in `path`, appended and flushed at once."""
 
   def __init__(self, path: str):
     self.path = path
@@ -219,20 +237,29 @@ class MetricsLog:
     with open(self.path, 'a') as f:
       f.write(json.dumps({'time': time.time(), **values}) + '\n')
 
+  def drop_from(self, step: int) -> None:
+    """Forgets entries from `step` on: a run resumed there logs them again."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if json.loads(line)['step'] < step]
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
 
-def evaluate_workdir(workdir: str, data_dir: str | None = None,
-                     tfds_data_dir: str | None = None, verify_data: bool = True
-                     ) -> dict[str, Any]:
+
+def evaluate_workdir(workdir: str, **data_fields) -> dict[str, Any]:
   """Test metrics of `workdir`'s latest checkpoint.
 
-  Without `data_dir` or `tfds_data_dir`, reads the data the run was trained on.
+  `data_fields` (`data_dir`, `tfds_data_dir`, `verify_data`) replace the run's
+  own; by default the data the run was trained on is read.
   """
   with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
     config = configs.Config.from_dict(ckpt.restore_record()['config'])
     state, _ = restore_state(ckpt, config)
-  if data_dir is None and tfds_data_dir is None:
-    data_dir, tfds_data_dir = config.data_dir, config.tfds_data_dir
-  data = input_pipeline.load(data_dir, tfds_data_dir, verify_data)
-  test = input_pipeline.to_device(data.test_images, data.test_labels,
-                                  config.eval_batch_size)
-  return {'step': int(state.step), **evaluate(state, test, config.eval_batch_size)}
+  if 'data_dir' in data_fields or 'tfds_data_dir' in data_fields:
+    data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
+  config = dataclasses.replace(config, **data_fields)
+  data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
+                             config.verify_data)
+  test, batch_size = _test_split(data, config)
+  return {'step': int(state.step), **evaluate(state, test, batch_size)}

@@ -63,7 +63,8 @@ def test_train_eval_and_resume_on_small_data(tiny_idx_dir, tmp_path, capsys):
   out = capsys.readouterr().out
   assert 'step 0, training accuracy' in out and 'step 15, training accuracy' in out
   assert 'step 20, test accuracy' in out and '(60 images)' in out
-  assert cli.main(['eval', *common, '--json']) == 0
+  # Without data options, eval reads the run's own data with its settings.
+  assert cli.main(['eval', '--workdir', workdir, '--json']) == 0
   results = json.loads(capsys.readouterr().out)
   assert results['step'] == 20 and results['num_examples'] == 60
   assert {'test_accuracy', 'test_loss'} <= set(results)
@@ -83,3 +84,10 @@ def test_data_verify(mnist_dir, tiny_idx_dir, capsys):
   assert 'matching the official checksums' in capsys.readouterr().out
   assert cli.main(['data', 'verify', tiny_idx_dir]) == 1
   assert capsys.readouterr().out.count('checksum mismatch') == 4
+
+
+def test_set_reaches_the_data_fields(tiny_idx_dir, tmp_path, capsys):
+  assert cli.main(['train', '--preset', 'beginners', '--workdir', str(tmp_path),
+                   '--set', f'data_dir={tiny_idx_dir}', '--set', 'verify_data=false',
+                   '--set', 'steps=3', '--set', 'batch_size=10']) == 0
+  assert '(60 images)' in capsys.readouterr().out

@@ -52,6 +52,9 @@ def test_steps_win_over_epochs():
     ('optimizer=rmsprop', "unknown optimizer 'rmsprop'; choose one of: sgd, adam"),
     ('dropout_rate=1', r'dropout_rate must be in \[0, 1\)'),
     ('verify_data=maybe', 'verify_data must be true or false'),
+    ('epochs=inf', 'epochs must be finite'),
+    ('seed=-1', r'seed must be in \[0, 2\*\*32\)'),
+    ('seed=4294967296', r'seed must be in \[0, 2\*\*32\)'),
 ])
 def test_bad_overrides_are_clear_errors(assignment, message):
   with pytest.raises(ConfigError, match=message):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 from flax_mnist import configs, input_pipeline, train
-from flax_mnist.errors import ConfigError
+from flax_mnist.errors import ConfigError, FlaxMnistError
 
 
 def _config(**changes) -> configs.Config:
@@ -75,6 +75,9 @@ def test_resume_ends_with_the_uninterrupted_parameters(tiny_mnist, tmp_path, mod
   train.train_and_evaluate(dataclasses.replace(config, steps=20), part, tiny_mnist)
   resumed, _ = train.train_and_evaluate(config, part, tiny_mnist)
   assert int(resumed.step) == 40
+  steps = [json.loads(l)['step'] for l in open(os.path.join(part, 'metrics.jsonl'))
+           if 'train_loss' in l]
+  assert steps == [0, 10, 20, 30]  # no step logged twice
   jax.tree_util.tree_map(np.testing.assert_array_equal, whole.params, resumed.params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, whole.opt_state,
                          resumed.opt_state)
@@ -109,3 +112,18 @@ print('ok')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                        text=True, cwd=REPO, timeout=300)
   assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-2000:]
+
+
+def test_resume_refuses_other_data(tiny_mnist, tmp_path):
+  train.train_and_evaluate(_config(steps=10), str(tmp_path), tiny_mnist)
+  fewer = input_pipeline.Mnist(tiny_mnist.train_images[:500], tiny_mnist.train_labels[:500],
+                               tiny_mnist.test_images, tiny_mnist.test_labels)
+  with pytest.raises(FlaxMnistError, match='trained on 600 examples, this data has 500'):
+    train.train_and_evaluate(_config(steps=20), str(tmp_path), fewer)
+
+
+def test_unwritable_workdir_is_a_clear_error(tiny_mnist, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a folder')
+  with pytest.raises(FlaxMnistError, match='cannot create the workdir'):
+    train.train_and_evaluate(_config(), str(blocker / 'run'), tiny_mnist)
