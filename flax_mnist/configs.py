@@ -135,7 +135,7 @@ def keras() -> Config:
   """
   return Config(model='keras_cnn', optimizer='adam', learning_rate=1e-3,
                 adam_eps=1e-7, batch_size=32, steps=None, epochs=5,
-                checkpoint_every=1_875)
+                checkpoint_every=1_875, seed=1)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
