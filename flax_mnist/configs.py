@@ -39,7 +39,8 @@ class Config:
   steps: int | None = 1000
   epochs: float | None = None
   dropout_rate: float = 0.0
-  seed: int = 0
+  # Seed 1 is the median of the keras preset's seeds 0-4 (README).
+  seed: int = 1
   log_every: int = 100
   # 0 evaluates only at the end.
   eval_every: int = 0
@@ -111,7 +112,9 @@ def beginners() -> Config:
   """'MNIST for ML beginners': softmax regression, SGD 0.5, batch 100, 1,000 steps.
 
   Command: flax-mnist train --preset beginners --workdir runs/beginners
-  Tutorial: "about 92%". Measured here: see README.md's preset table.
+  Tutorial: "about 92%".
+  Measured here: 0.9164 test accuracy, 4.9 s wall time for the whole command
+  (2 CPU cores, JAX 0.10.2, --data-dir ../shared/mnist); seed 0 gives 0.9167.
   """
   return Config()
 
@@ -120,7 +123,10 @@ def experts() -> Config:
   """'Deep MNIST for experts': deep_cnn, Adam 1e-4, batch 50, 20,000 steps.
 
   Command: flax-mnist train --preset experts --workdir runs/experts
-  Tutorial: 99.2%. Measured here: see README.md's preset table.
+  Tutorial: 99.2%.
+  Measured here: 0.9925 test accuracy, 44.7 min wall time on 2 CPU cores
+  shared with other work (about 390 images/s; 487 images/s alone, so about
+  35 min); seed 0 gives 0.9907 (0.9913 and 0.9920 at steps 16k and 18k).
   """
   return Config(model='deep_cnn', optimizer='adam', learning_rate=1e-4,
                 batch_size=50, steps=20_000, dropout_rate=0.5,
@@ -131,11 +137,14 @@ def keras() -> Config:
   """The TF2 Keras CNN tutorial: keras_cnn, Adam 1e-3 (Keras defaults), batch 32, 5 epochs.
 
   Command: flax-mnist train --preset keras --workdir runs/keras
-  Tutorial: 99.01%. Measured here: see README.md's preset table.
+  Tutorial: 99.01%.
+  Measured here: 0.9909 test accuracy, 2.4 min wall time (2 CPU cores, about
+  2,500 images/s). Seeds 0-4 give 0.9877, 0.9909, 0.9922, 0.9913, 0.9907:
+  the default seed, 1, is their median.
   """
   return Config(model='keras_cnn', optimizer='adam', learning_rate=1e-3,
                 adam_eps=1e-7, batch_size=32, steps=None, epochs=5,
-                checkpoint_every=1_875, seed=1)
+                checkpoint_every=1_875)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
