@@ -57,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
       description="Print a model's layers, output shapes and parameter counts.")
   summary.add_argument('--model', required=True, choices=list(MODELS))
 
+  predict = commands.add_parser(
+      'predict', help='classify your own pictures of digits',
+      description="Restore a workdir's latest checkpoint and classify "
+                  'pictures of single digits (photos, scans, drawings; PNG, '
+                  'JPEG, BMP, GIF, TIFF, WebP). Each is made into an MNIST-'
+                  'style 28x28 input first. Exit code 1 if any picture '
+                  'failed.')
+  predict.add_argument('images', nargs='+', metavar='IMAGE_OR_FOLDER',
+                       help='picture files, or folders of them')
+  predict.add_argument('--workdir', required=True, metavar='DIR')
+  predict.add_argument('--json', action='store_true',
+                       help='print one JSON object per picture')
+  predict.add_argument('--show-input', metavar='FILE.png',
+                       help='save a sheet of each original beside the 28x28 '
+                            'input the model saw')
+
   data = commands.add_parser('data', help='check IDX files, or build tfds\'s '
                                           'mnist from them offline')
   data_commands = data.add_subparsers(dest='data_command', required=True,
@@ -113,6 +129,22 @@ def _summary(args) -> int:
   return 0
 
 
+def _predict(args) -> int:
+  from flax_mnist import predict
+  predictions = predict.Predictor(args.workdir).predict_files(args.images)
+  for p in predictions:
+    if args.json:
+      print(json.dumps(p.to_json()))
+    elif p.error is not None:
+      print(f'flax-mnist: error: {p.file}: {p.error}', file=sys.stderr)
+    else:
+      top3 = ', '.join(f'{d} {q:.3f}' for d, q in p.top3)
+      print(f'{p.file}: {p.digit} (probability {p.probability:.3f}; top 3: {top3})')
+  if args.show_input:
+    predict.save_inputs(predictions, args.show_input)
+  return 1 if any(p.error is not None for p in predictions) else 0
+
+
 def _data(args) -> int:
   if args.data_command == 'verify':
     from flax_mnist import idx
@@ -144,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   _show_progress()
   command = {'train': _train, 'eval': _eval, 'summary': _summary,
-             'data': _data}[args.command]
+             'predict': _predict, 'data': _data}[args.command]
   try:
     return command(args)
   except FlaxMnistError as e:

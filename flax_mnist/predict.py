@@ -1,0 +1,230 @@
+"""Classifying pictures of digits with a trained workdir.
+
+The checkpoint is restored and the forward pass compiled once, for a fixed
+batch size, so a hundred pictures cost little more than one; each picture is
+made into an MNIST input by `preprocess`. A picture that cannot be read or
+has no digit is reported by itself while the others are still predicted.
+"""
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+import textwrap
+from typing import Any, Iterable, Sequence
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from flax_mnist import checkpoint
+from flax_mnist import configs
+from flax_mnist import input_pipeline
+from flax_mnist import preprocess
+from flax_mnist import train
+from flax_mnist.errors import DataError, FlaxMnistError
+
+# Every forward pass has this many rows (padded), so it compiles only once.
+BATCH_SIZE = 64
+# The side of each picture in `save_inputs`' sheet.
+_TILE = 112
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """One picture's result: `probabilities` (10,) or an `error` message.
+
+  `image` is the (28, 28) uint8 input the model saw and `original` the
+  grayscale picture it was made from, where they could be made.
+  """
+
+  file: str
+  probabilities: np.ndarray | None = None
+  image: np.ndarray | None = None
+  original: np.ndarray | None = None
+  error: str | None = None
+
+  @property
+  def digit(self) -> int:
+    return int(np.argmax(self.probabilities))
+
+  @property
+  def probability(self) -> float:
+    return float(np.max(self.probabilities))
+
+  @property
+  def top3(self) -> list[tuple[int, float]]:
+    order = np.argsort(-self.probabilities, kind='stable')[:3]
+    return [(int(d), float(self.probabilities[d])) for d in order]
+
+  def to_json(self) -> dict[str, Any]:
+    if self.error is not None:
+      return {'file': self.file, 'error': self.error}
+    return {'file': self.file, 'digit': self.digit,
+            'probability': self.probability,
+            'top3': [{'digit': d, 'probability': p} for d, p in self.top3]}
+
+
+def _forward(apply_fn, params, images_BHW1: jax.Array) -> jax.Array:
+  logits = apply_fn({'params': params}, input_pipeline.normalize(images_BHW1),
+                    train=False)
+  return jax.nn.softmax(logits)
+
+
+class Predictor:
+  """A workdir's latest checkpoint, restored once, ready to classify."""
+
+  def __init__(self, workdir: str):
+    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
+      config = configs.Config.from_dict(ckpt.restore_record()['config'])
+      state, _ = train.restore_state(ckpt, config)
+    self._params = state.params
+    self._forward = jax.jit(functools.partial(_forward, state.apply_fn))
+
+  def probabilities_of_inputs(self, images_NHW: np.ndarray) -> np.ndarray:
+    """(N, 10) float32 probabilities of (N, 28, 28) uint8 MNIST-style inputs."""
+    images = np.asarray(images_NHW, np.uint8).reshape(-1, 28, 28, 1)
+    results = []
+    for start in range(0, len(images), BATCH_SIZE):
+      batch = images[start:start + BATCH_SIZE]
+      padded = np.zeros((BATCH_SIZE, 28, 28, 1), np.uint8)
+      padded[:len(batch)] = batch
+      results.append(np.asarray(self._forward(self._params, padded))[:len(batch)])
+    return (np.concatenate(results) if results
+            else np.zeros((0, 10), np.float32))
+
+  def predict_probabilities(self, images: Iterable[preprocess.ImageSource]
+                            ) -> np.ndarray:
+    """(N, 10) probabilities of pictures given as paths, PIL images or arrays.
+
+    Raises `DataError` naming the first picture that cannot be used.
+    """
+    inputs = []
+    for i, image in enumerate(images):
+      try:
+        inputs.append(preprocess.prepare(image).image)
+      except DataError as e:
+        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f'image {i}'
+        raise DataError(f'{name}: {e}') from None
+    return self.probabilities_of_inputs(np.asarray(inputs, np.uint8))
+
+  def predict_files(self, paths: Sequence[str]) -> list[Prediction]:
+    """A `Prediction` per picture, folders expanded to the pictures in them."""
+    files = expand_paths(paths)
+    rows = []  # (file, input or None, original or None, error or None)
+    # numpy and PIL release the GIL, so pictures are prepared on every core;
+    # decoding stays on this thread, as PIL's bomb warning is caught through
+    # the process-wide warning filters. Chunks bound the pictures held at once.
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+      for start in range(0, len(files), BATCH_SIZE):
+        loaded = [(file, *_load(file, error))
+                  for file, error in files[start:start + BATCH_SIZE]]
+        made = pool.map(_make_input, [gray for _, gray, _ in loaded])
+        for (file, gray, error), (image, problem) in zip(loaded, made):
+          # The original is kept for errors too: it shows why there was no digit.
+          original = None if gray is None else _thumbnail(gray)
+          rows.append((file, image, original, error or problem))
+    probabilities = iter(self.probabilities_of_inputs(
+        np.asarray([image for _, image, _, _ in rows if image is not None],
+                   np.uint8)))
+    return [Prediction(file, None if image is None else next(probabilities),
+                       image, original, error)
+            for file, image, original, error in rows]
+
+
+def _load(file: str, error: str | None) -> tuple[np.ndarray | None, str | None]:
+  """(the picture in gray, None) or (None, what is wrong with it)."""
+  if error is not None:
+    return None, error
+  try:
+    return preprocess.load_gray(file), None
+  except DataError as e:
+    return None, str(e)
+
+
+def _make_input(gray: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
+  """(the MNIST input, None), (None, why there is none) or, with no picture,
+  (None, None)."""
+  if gray is None:
+    return None, None
+  try:
+    return preprocess.to_mnist(gray), None
+  except DataError as e:
+    return None, str(e)
+
+
+def predict_probabilities(workdir: str, images: Iterable[preprocess.ImageSource]
+                          ) -> np.ndarray:
+  """(N, 10) probabilities that `workdir`'s model gives the pictures."""
+  return Predictor(workdir).predict_probabilities(images)
+
+
+def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
+  """(file, error or None) for each path; a folder gives its pictures, sorted.
+
+  A folder's pictures are its files with an image extension
+  (`preprocess.IMAGE_EXTENSIONS`, any case) but hidden ones (macOS leaves
+  `._name.jpg` files that are not pictures); a file named directly is read
+  whatever its name.
+  """
+  files = []
+  for path in paths:
+    if not os.path.isdir(path):
+      files.append((path, None))
+      continue
+    try:
+      names = sorted(os.listdir(path))
+    except OSError as e:
+      files.append((path, f'cannot list this folder ({e.strerror})'))
+      continue
+    images = [os.path.join(path, name) for name in names
+              if name.lower().endswith(preprocess.IMAGE_EXTENSIONS)
+              and not name.startswith('.')
+              and os.path.isfile(os.path.join(path, name))]
+    files.extend((image, None) for image in images)
+    if not images:
+      files.append((path, 'no images in this folder (looked for '
+                          f'{", ".join(preprocess.IMAGE_EXTENSIONS)})'))
+  return files
+
+
+def _thumbnail(gray: np.ndarray) -> np.ndarray:
+  image = Image.fromarray(np.rint(gray * 255).astype(np.uint8))
+  image.thumbnail((_TILE, _TILE), Image.Resampling.BOX)
+  return np.asarray(image)
+
+
+def save_inputs(predictions: Sequence[Prediction], path: str) -> None:
+  """A sheet with a row per picture: the original, the 28x28 input the model
+  saw (enlarged 4x, pixels kept sharp), and the prediction or error."""
+  font = ImageFont.load_default(size=13)
+  text_width = 360
+  sheet = Image.new('L', (2 * _TILE + 24 + text_width,
+                          max(1, len(predictions)) * (_TILE + 8)), 255)
+  draw = ImageDraw.Draw(sheet)
+  for row, prediction in enumerate(predictions):
+    top = row * (_TILE + 8) + 4
+    if prediction.original is not None:
+      original = Image.fromarray(prediction.original)
+      left = 4 + (_TILE - original.width) // 2
+      upper = top + (_TILE - original.height) // 2
+      sheet.paste(original, (left, upper))
+      # Outlined, so white paper stands out from the sheet.
+      draw.rectangle((left - 1, upper - 1, left + original.width,
+                      upper + original.height), outline=160)
+    if prediction.image is not None:
+      sheet.paste(Image.fromarray(prediction.image).resize(
+          (_TILE, _TILE), Image.Resampling.NEAREST), (_TILE + 12, top))
+    if prediction.error is None:
+      lines = [f'{d}: {p:.3f}' for d, p in prediction.top3]
+      lines[0] = f'predicted {lines[0]}'
+    else:
+      lines = ['error:', *textwrap.wrap(prediction.error, 48)]
+    name = os.path.basename(prediction.file)
+    draw.multiline_text((2 * _TILE + 20, top), '\n'.join([name, *lines]),
+                        fill=0, font=font, spacing=3)
+  try:
+    sheet.save(path)
+  except (OSError, ValueError) as e:
+    raise FlaxMnistError(f'{path}: cannot write the input sheet ({e})') from None
+
