@@ -17,8 +17,6 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from flax_mnist import checkpoint
-from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import preprocess
 from flax_mnist import train
@@ -75,9 +73,7 @@ class Predictor:
   """A workdir's latest checkpoint, restored once, ready to classify."""
 
   def __init__(self, workdir: str):
-    with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
-      config = configs.Config.from_dict(ckpt.restore_record()['config'])
-      state, _ = train.restore_state(ckpt, config)
+    _, state = train.restore_workdir(workdir)
     self._params = state.params
     self._forward = jax.jit(functools.partial(_forward, state.apply_fn))
 

@@ -218,6 +218,14 @@ def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
   return ckpt.restore(abstract, step)
 
 
+def restore_workdir(workdir: str) -> tuple[configs.Config, TrainState]:
+  """The config and state of `workdir`'s latest checkpoint."""
+  with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
+    config = configs.Config.from_dict(ckpt.restore_record()['config'])
+    state, _ = restore_state(ckpt, config)
+  return config, state
+
+
 def _evaluate_and_log(state, test, batch_size, metrics_log, step) -> dict[str, Any]:
   results = {'step': step, **evaluate(state, test, batch_size)}
   logger.info('step %d, test accuracy %g, test loss %.4f (%d images)', step,
@@ -253,9 +261,7 @@ def evaluate_workdir(workdir: str, **data_fields) -> dict[str, Any]:
   `data_fields` (`data_dir`, `tfds_data_dir`, `verify_data`) replace the run's
   own; by default the data the run was trained on is read.
   """
-  with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
-    config = configs.Config.from_dict(ckpt.restore_record()['config'])
-    state, _ = restore_state(ckpt, config)
+  config, state = restore_workdir(workdir)
   if 'data_dir' in data_fields or 'tfds_data_dir' in data_fields:
     data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
   config = dataclasses.replace(config, **data_fields)
