@@ -107,8 +107,21 @@ def _train(args) -> int:
   from flax_mnist import train
   config = configs.apply_overrides(configs.get_preset(args.preset), args.overrides)
   config = dataclasses.replace(config, **_data_fields(args))
+  _use_compilation_cache()
   train.train_and_evaluate(config, args.workdir)
   return 0
+
+
+def _use_compilation_cache() -> None:
+  """Keeps compiled steps on disk, so a rerun or resume skips compilation.
+
+  FLAX_MNIST_COMPILATION_CACHE names the folder; set it empty to turn it off.
+  """
+  import jax
+  folder = os.environ.get('FLAX_MNIST_COMPILATION_CACHE', os.path.join(
+      os.path.expanduser('~'), '.cache', 'flax_mnist', 'jax'))
+  if folder:
+    jax.config.update('jax_compilation_cache_dir', folder)
 
 
 def _eval(args) -> int:

@@ -100,6 +100,11 @@ def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array,
 def batch_at(split: Split, order: jax.Array, index: int | jax.Array,
              batch_size: int) -> dict[str, jax.Array]:
   """Batch `index` of the examples listed in `order`, normalized."""
-  ids = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+  return gather(split, jax.lax.dynamic_slice_in_dim(order, index * batch_size,
+                                                    batch_size))
+
+
+def gather(split: Split, ids: jax.Array) -> dict[str, jax.Array]:
+  """The examples `ids` of `split` as a batch, normalized."""
   return {'image': normalize(split.images_NHWC[ids]),
           'label': split.labels_N[ids], 'mask': split.mask_N[ids]}

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax_mnist import ops
 from flax_mnist.errors import check_choice
 
 NUM_CLASSES = 10
@@ -23,11 +24,34 @@ class MaxPool(nn.Module):
 
   window: int = 2
   padding: str = 'VALID'
+  pool: Callable[[jax.Array, int, str], jax.Array] = ops.max_pool
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    size = (self.window, self.window)
-    return nn.max_pool(x_BHWC, size, strides=size, padding=self.padding)
+    return self.pool(x_BHWC, self.window, self.padding)
+
+
+class Conv(nn.Module):
+  """`nn.Conv` (stride 1, same parameters and names) over `ops.conv2d`.
+
+  `dtype` is the compute type (e.g. bfloat16); parameters stay float32.
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+  padding: str = 'SAME'
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, x_BHWC.shape[-1], self.features))
+    bias = self.param('bias', self.bias_init, (self.features,))
+    y = ops.conv2d(x_BHWC.astype(self.dtype), kernel.astype(self.dtype),
+                   self.padding)
+    return y + bias.astype(self.dtype)
 
 
 class Flatten(nn.Module):
@@ -41,18 +65,19 @@ class Flatten(nn.Module):
 class SoftmaxRegression(nn.Module):
   """'MNIST for ML beginners': y = softmax(xW + b), W and b start at zero."""
 
+  dtype: jnp.dtype = jnp.float32
+
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
     del train  # No dropout: the same function in training and evaluation.
     x = Flatten(name='flatten')(images_BHWC)
     return nn.Dense(NUM_CLASSES, kernel_init=nn.initializers.zeros,
-                    name='dense')(x)
+                    dtype=self.dtype, name='dense')(x).astype(jnp.float32)
 
 
 # The experts tutorial's weight_variable and bias_variable.
-_TutorialConv = functools.partial(
-    nn.Conv, kernel_init=nn.initializers.truncated_normal(stddev=0.1),
-    bias_init=nn.initializers.constant(0.1), padding='SAME')
+_TUTORIAL_CONV = dict(kernel_init=nn.initializers.truncated_normal(stddev=0.1),
+                      bias_init=nn.initializers.constant(0.1), padding='SAME')
 _TutorialDense = functools.partial(
     nn.Dense, kernel_init=nn.initializers.truncated_normal(stddev=0.1),
     bias_init=nn.initializers.constant(0.1))
@@ -62,23 +87,28 @@ class DeepCNN(nn.Module):
   """'Deep MNIST for experts': two 5x5 SAME conv/pool blocks, fc 1024, dropout."""
 
   dropout_rate: float = 0.5
+  dtype: jnp.dtype = jnp.float32
+  conv: Callable[..., nn.Module] = Conv
+  pool: Callable[[jax.Array, int, str], jax.Array] = ops.max_pool
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
-    x = nn.relu(_TutorialConv(32, (5, 5), name='conv1')(images_BHWC))
-    x = MaxPool(padding='SAME', name='pool1')(x)
-    x = nn.relu(_TutorialConv(64, (5, 5), name='conv2')(x))
-    x = MaxPool(padding='SAME', name='pool2')(x)
+    conv = functools.partial(self.conv, **_TUTORIAL_CONV, dtype=self.dtype)
+    dense = functools.partial(_TutorialDense, dtype=self.dtype)
+    pool = functools.partial(MaxPool, padding='SAME', pool=self.pool)
+    x = nn.relu(conv(32, (5, 5), name='conv1')(images_BHWC))
+    x = pool(name='pool1')(x)
+    x = nn.relu(conv(64, (5, 5), name='conv2')(x))
+    x = pool(name='pool2')(x)
     x = Flatten(name='flatten')(x)
-    x = nn.relu(_TutorialDense(1024, name='fc1')(x))
+    x = nn.relu(dense(1024, name='fc1')(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train,
                    name='dropout')(x)
-    return _TutorialDense(NUM_CLASSES, name='fc2')(x)
+    return dense(NUM_CLASSES, name='fc2')(x).astype(jnp.float32)
 
 
 # Keras's defaults: Glorot-uniform kernels, zero biases, VALID padding.
-_KerasConv = functools.partial(
-    nn.Conv, kernel_init=nn.initializers.glorot_uniform(), padding='VALID')
+_KERAS_CONV = dict(kernel_init=nn.initializers.glorot_uniform(), padding='VALID')
 _KerasDense = functools.partial(
     nn.Dense, kernel_init=nn.initializers.glorot_uniform())
 
@@ -86,17 +116,24 @@ _KerasDense = functools.partial(
 class KerasCNN(nn.Module):
   """The TF2 Keras tutorial's Sequential CNN (93,322 parameters)."""
 
+  dtype: jnp.dtype = jnp.float32
+  conv: Callable[..., nn.Module] = Conv
+  pool: Callable[[jax.Array, int, str], jax.Array] = ops.max_pool
+
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
     del train
-    x = nn.relu(_KerasConv(32, (3, 3), name='conv2d')(images_BHWC))
-    x = MaxPool(name='max_pooling2d')(x)
-    x = nn.relu(_KerasConv(64, (3, 3), name='conv2d_1')(x))
-    x = MaxPool(name='max_pooling2d_1')(x)
-    x = nn.relu(_KerasConv(64, (3, 3), name='conv2d_2')(x))
+    conv = functools.partial(self.conv, **_KERAS_CONV, dtype=self.dtype)
+    dense = functools.partial(_KerasDense, dtype=self.dtype)
+    pool = functools.partial(MaxPool, pool=self.pool)
+    x = nn.relu(conv(32, (3, 3), name='conv2d')(images_BHWC))
+    x = pool(name='max_pooling2d')(x)
+    x = nn.relu(conv(64, (3, 3), name='conv2d_1')(x))
+    x = pool(name='max_pooling2d_1')(x)
+    x = nn.relu(conv(64, (3, 3), name='conv2d_2')(x))
     x = Flatten(name='flatten')(x)
-    x = nn.relu(_KerasDense(64, name='dense')(x))
-    return _KerasDense(NUM_CLASSES, name='dense_1')(x)
+    x = nn.relu(dense(64, name='dense')(x))
+    return dense(NUM_CLASSES, name='dense_1')(x).astype(jnp.float32)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -104,14 +141,35 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'deep_cnn': DeepCNN,
     'keras_cnn': KerasCNN,
 }
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def create_model(name: str, *, dropout_rate: float = 0.0) -> nn.Module:
-  """The model called `name`; `dropout_rate` applies to models with dropout."""
+def flax_max_pool(x_BHWC: jax.Array, window: int, padding: str) -> jax.Array:
+  """`nn.max_pool` with `ops.max_pool`'s signature (the textbook Flax layer)."""
+  size = (window, window)
+  return nn.max_pool(x_BHWC, size, strides=size, padding=padding)
+
+
+# The same networks built from Flax's stock `nn.Conv` and `nn.max_pool`: the
+# reference that benchmarks/compare.py measures the library against.
+FLAX_STOCK_MODELS: dict[str, Callable[..., nn.Module]] = {
+    'softmax_regression': SoftmaxRegression,
+    'deep_cnn': functools.partial(DeepCNN, conv=nn.Conv, pool=flax_max_pool),
+    'keras_cnn': functools.partial(KerasCNN, conv=nn.Conv, pool=flax_max_pool),
+}
+
+
+def create_model(name: str, *, dropout_rate: float = 0.0,
+                 dtype: str = 'float32') -> nn.Module:
+  """The model called `name`, computing in `dtype` (parameters stay float32).
+
+  `dropout_rate` applies to models with dropout.
+  """
   check_choice('model', name, MODELS)
+  check_choice('dtype', dtype, DTYPES)
   if name == 'deep_cnn':
-    return DeepCNN(dropout_rate=dropout_rate)
-  return MODELS[name]()
+    return DeepCNN(dropout_rate=dropout_rate, dtype=DTYPES[dtype])
+  return MODELS[name](dtype=DTYPES[dtype])
 
 
 def init_params(model: nn.Module, key: jax.Array) -> dict:

@@ -1,5 +1,7 @@
 """A Keras-style `model.summary()` table for any of the library's models."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,20 @@ def layer_rows(name: str) -> list[tuple[str, str, tuple[int, ...], int]]:
   params = jax.eval_shape(init, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
   return [(layer, kind, shape, models.count_params(params.get(layer, {})))
           for layer, kind, shape in layers]
+
+
+def multiply_adds(name: str) -> int:
+  """Multiply-adds of one image's forward pass through the weighted layers.
+
+  A training step costs about 6 flops per multiply-add per image (2 forward,
+  4 for the two gradients).
+  """
+  total = 0
+  for _, _, shape, count in layer_rows(name):
+    if count:
+      positions = math.prod(shape[:-1])
+      total += (count - shape[-1]) * positions
+  return total
 
 
 def format_summary(name: str) -> str:

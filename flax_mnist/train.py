@@ -6,6 +6,7 @@ Randomness comes only from `config.seed`: the state holds one root key; step
 what the uninterrupted run would have.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -37,23 +38,46 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
-def make_optimizer(config: configs.Config) -> optax.GradientTransformation:
+def learning_rate_schedule(config: configs.Config, total_steps: int
+                           ) -> optax.Schedule:
+  """The learning rate of each step: constant, or warmup then cosine decay."""
+  if config.lr_schedule == 'constant':
+    return optax.constant_schedule(config.learning_rate)
+  return optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps,
+      max(total_steps, config.warmup_steps + 1))
+
+
+def make_optimizer(config: configs.Config, total_steps: int
+                   ) -> optax.GradientTransformation:
   """The config's optimizer as an optax chain ending in the learning rate."""
   direction = {
       'sgd': [],
       'adam': [optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
                                    eps=config.adam_eps)],
   }[config.optimizer]
-  return optax.chain(*direction, optax.scale_by_learning_rate(config.learning_rate))
+  if config.lr_schedule == 'constant':
+    # Keeps the optimizer state of constant-rate checkpoints unchanged.
+    rate = optax.scale_by_learning_rate(config.learning_rate)
+  else:
+    rate = optax.scale_by_learning_rate(learning_rate_schedule(config, total_steps))
+  return optax.chain(*direction, rate)
 
 
-def create_train_state(config: configs.Config) -> TrainState:
-  """A fresh state: parameters initialised from `config.seed`."""
+def create_train_state(config: configs.Config, num_train: int = 60_000
+                       ) -> TrainState:
+  """A fresh state: parameters initialised from `config.seed`.
+
+  `num_train` (the training set's size) sets the length of an epochs-based
+  learning-rate schedule; nothing else depends on it.
+  """
   root = jax.random.PRNGKey(config.seed)
-  model = models.create_model(config.model, dropout_rate=config.dropout_rate)
+  model = models.create_model(config.model, dropout_rate=config.dropout_rate,
+                              dtype=config.dtype)
   params = models.init_params(model, jax.random.fold_in(root, _INIT))
   return TrainState.create(apply_fn=model.apply, params=params,
-                           tx=make_optimizer(config), rng=root)
+                           tx=make_optimizer(config, config.total_steps(num_train)),
+                           rng=root)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -74,6 +98,54 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return state.apply_gradients(grads=grads), {'loss': loss, 'accuracy': accuracy}
+
+
+@functools.partial(jax.jit, donate_argnums=0,
+                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch',
+                                    'unroll'))
+def train_steps(state: TrainState, train: input_pipeline.Split,
+                orders_2N: jax.Array, index: int | jax.Array,
+                dropout_key: jax.Array, *, num_steps: int, batch_size: int,
+                steps_per_epoch: int, unroll: int = 1
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`num_steps` train steps in one dispatch, from batch `index` of an epoch.
+
+  `orders_2N` holds this epoch's order and the next one's, so the steps may
+  cross one epoch boundary (`num_steps <= steps_per_epoch`). Step `s` drops
+  out with `fold_in(dropout_key, s)`, as the step-by-step loop does. Returns
+  the metrics of every step, stacked.
+  """
+
+  def one_step(state, position):
+    # One slice of the flattened orders: indexing a row first would copy it.
+    start = ((position // steps_per_epoch) * orders_2N.shape[1] +
+             (position % steps_per_epoch) * batch_size)
+    ids = jax.lax.dynamic_slice_in_dim(orders_2N.reshape(-1), start, batch_size)
+    batch = input_pipeline.gather(train, ids)
+    return train_step(state, batch, jax.random.fold_in(dropout_key, state.step))
+
+  if num_steps == 1:
+    # XLA:CPU runs a step 25% slower inside a one-trip loop than outside it.
+    state, metrics = one_step(state, index)
+    return state, jax.tree_util.tree_map(lambda x: x[None], metrics)
+  return jax.lax.scan(one_step, state, index + jnp.arange(num_steps),
+                      unroll=unroll)
+
+
+def steps_per_dispatch(config: configs.Config) -> int:
+  """`config.steps_per_dispatch`, or the default measured best for the backend.
+
+  Accelerators idle between small dispatches, so they run up to 100 steps per
+  call. XLA:CPU runs a convolutional step inside `lax.scan` 10-30% slower than
+  on its own (benchmarks/README.md), and the convolutions take far longer than
+  a dispatch, so there the CNNs go step by step and softmax regression, whose
+  step is shorter than its dispatch, 100 at a time.
+  """
+  if config.steps_per_dispatch:
+    return config.steps_per_dispatch
+  if jax.default_backend() == 'cpu' and config.model != 'softmax_regression':
+    return 1
+  return 100
 
 
 @jax.jit
@@ -134,6 +206,8 @@ def train_and_evaluate(config: configs.Config, workdir: str,
       raise FlaxMnistError(
           f'{workdir} was trained on {record["num_train"]} examples, this data '
           f'has {num_train}: resume with the same data, or use a new --workdir')
+    if state is None:
+      state = create_train_state(config, num_train)
     epoch, index = record['data_position'] if record else (0, 0)
     step = int(state.step)
     metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
@@ -144,43 +218,114 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     total_steps = config.total_steps(num_train)
     train = input_pipeline.to_device(data.train_images, data.train_labels)
     test, eval_batch_size = _test_split(data, config)
+    # Compiled now: run eagerly at the first log line, its many small ops
+    # would each compile there, inside the training time.
+    schedule = jax.jit(learning_rate_schedule(config, total_steps))
+    schedule(step)
     dropout_key = jax.random.fold_in(state.rng, _DROPOUT)
     data_key = jax.random.fold_in(state.rng, _DATA)
     if step < total_steps:
       logger.info('training %s for %d steps (%d per epoch) from step %d',
                   config.model, total_steps, steps_per_epoch, step)
-    order, window_start, window_steps = None, None, 0
+    chunk = steps_per_dispatch(config)
+    orders_epoch, orders = None, None
+    clock = _TrainClock(record.get('train_seconds', 0.0) if record else 0.0)
+    compiled, compile_seconds = set(), 0.0
+    last_log = None
     while step < total_steps:
       if index == steps_per_epoch:
         epoch, index = epoch + 1, 0
-      if order is None or index == 0:
-        order = input_pipeline.epoch_permutation(data_key, epoch, num_train)
-      batch = input_pipeline.batch_at(train, order, index, config.batch_size)
-      state, metrics = train_step(state, batch,
-                                  jax.random.fold_in(dropout_key, step))
-      step, index, window_steps = step + 1, index + 1, window_steps + 1
-      if window_start is None:
-        # Rates start after the first step, which includes compilation.
-        jax.block_until_ready(state)
-        window_start, window_steps = time.perf_counter(), 0
-      if (step - 1) % config.log_every == 0:
+      if orders_epoch != epoch:
+        orders_epoch = epoch
+        orders = jnp.stack([input_pipeline.epoch_permutation(data_key, e, num_train)
+                            for e in (epoch, epoch + 1)])
+      num_steps = _dispatch_size(step, total_steps, chunk, steps_per_epoch,
+                                 (config.eval_every, config.checkpoint_every))
+      args = (state, train, orders, index, dropout_key)
+      kwargs = dict(num_steps=num_steps, batch_size=config.batch_size,
+                    steps_per_epoch=steps_per_epoch)
+      if num_steps in compiled:
+        state, metrics = train_steps(*args, **kwargs)
+      else:
+        # A new dispatch length's compilation and first run (GPU module
+        # loading, autotuning) count as compile time, not training time.
+        with clock.paused(state):
+          start = time.perf_counter()
+          state, metrics = jax.block_until_ready(train_steps(*args, **kwargs))
+          compile_seconds += time.perf_counter() - start
+        compiled.add(num_steps)
+      first, step, index = step, step + num_steps, index + num_steps
+      if index > steps_per_epoch:
+        epoch, index = epoch + 1, index - steps_per_epoch
+      logged = range(-first % config.log_every, num_steps, config.log_every)
+      if len(logged):
         metrics = jax.device_get(metrics)
-        rate = (window_steps * config.batch_size /
-                (time.perf_counter() - window_start)) if window_steps else None
-        window_start, window_steps = time.perf_counter(), 0
-        logger.info('step %d, training accuracy %g, loss %.4f%s', step - 1,
-                    metrics['accuracy'], metrics['loss'],
-                    _speed(rate, (total_steps - step) * config.batch_size))
-        metrics_log.write(step=step - 1, train_accuracy=float(metrics['accuracy']),
-                          train_loss=float(metrics['loss']), images_per_second=rate)
+        seconds = clock.read(state)
+        # The first line has no rate: before it the clock held only set-up.
+        rate = ((step - last_log[0]) * config.batch_size / (seconds - last_log[1])
+                if last_log and seconds > last_log[1] else None)
+        last_log = (step, seconds)
+        for i in logged:
+          logger.info('step %d, training accuracy %g, loss %.4f%s', first + i,
+                      metrics['accuracy'][i], metrics['loss'][i],
+                      _speed(rate, (total_steps - step) * config.batch_size))
+          metrics_log.write(step=first + i,
+                            train_accuracy=float(metrics['accuracy'][i]),
+                            train_loss=float(metrics['loss'][i]),
+                            learning_rate=float(schedule(first + i)),
+                            images_per_second=rate)
       if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-        _evaluate_and_log(state, test, eval_batch_size, metrics_log, step)
+        with clock.paused(state):
+          _evaluate_and_log(state, test, eval_batch_size, metrics_log, step,
+                            train_seconds=clock.seconds)
       if step % config.checkpoint_every == 0 or step == total_steps:
-        ckpt.save(step, state, {'config': config.to_dict(), 'num_train': num_train,
-                                'data_position': [epoch, index]})
+        with clock.paused(state):
+          ckpt.save(step, state, {'config': config.to_dict(), 'num_train': num_train,
+                                  'data_position': [epoch, index],
+                                  'train_seconds': clock.seconds})
     ckpt.wait()
-    results = _evaluate_and_log(state, test, eval_batch_size, metrics_log, step)
+    results = _evaluate_and_log(state, test, eval_batch_size, metrics_log, step,
+                                train_seconds=clock.read(state),
+                                compile_seconds=compile_seconds)
   return state, results
+
+
+class _TrainClock:
+  """Seconds spent in training steps: not compiling, evaluating or saving.
+
+  Reading it waits for the device, so it is read only where the loop syncs
+  anyway (log lines, evaluations, checkpoints).
+  """
+
+  def __init__(self, seconds: float = 0.0):
+    self.seconds = seconds
+    self._since = time.perf_counter()
+
+  def read(self, state) -> float:
+    jax.block_until_ready(state)
+    now = time.perf_counter()
+    self.seconds += now - self._since
+    self._since = now
+    return self.seconds
+
+  @contextlib.contextmanager
+  def paused(self, state):
+    self.read(state)
+    yield
+    self._since = time.perf_counter()
+
+
+def _dispatch_size(step: int, total_steps: int, chunk: int,
+                   steps_per_epoch: int, every: tuple[int, ...]) -> int:
+  """Steps in the next dispatch: up to `chunk`, ending at each multiple of
+  `every` (evaluations, checkpoints) and at the run's end, and within one
+  epoch boundary. Shorter dispatches are powers of two, so few lengths compile.
+  """
+  size = min(chunk, total_steps - step, steps_per_epoch)
+  for period in every:
+    if period:
+      size = min(size, period - step % period)
+  return size if size == chunk else 1 << (size.bit_length() - 1)
 
 
 def _speed(images_per_second: float | None, images_left: int) -> str:
@@ -193,10 +338,16 @@ def _speed(images_per_second: float | None, images_left: int) -> str:
 
 def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
            ) -> tuple[TrainState, dict | None]:
-  """A new state, or the latest checkpoint's state and record."""
+  """(None, None) for a new run, or the latest checkpoint's state and record."""
   if ckpt.latest_step() is None:
-    return create_train_state(config), None
+    return None, None
   saved = configs.Config.from_dict(ckpt.restore_record()['config'])
+  num_train = ckpt.restore_record()['num_train']
+  if (saved.lr_schedule != 'constant' and
+      saved.total_steps(num_train) != config.total_steps(num_train)):
+    raise ConfigError(
+        f'{workdir} holds a run whose {saved.lr_schedule} learning-rate schedule '
+        f'ends at step {saved.total_steps(num_train)}: its length cannot change')
   changed = [f'{f.name} {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}'
              for f in dataclasses.fields(config)
              if f.name not in configs.RESUMABLE_FIELDS
@@ -214,7 +365,8 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
 def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
                   step: int | None = None) -> tuple[TrainState, dict]:
   """The state saved at `step` (default the latest) and its record."""
-  abstract = jax.eval_shape(lambda: create_train_state(config))
+  num_train = ckpt.restore_record(step)['num_train']
+  abstract = jax.eval_shape(lambda: create_train_state(config, num_train))
   return ckpt.restore(abstract, step)
 
 
@@ -226,8 +378,9 @@ def restore_workdir(workdir: str) -> tuple[configs.Config, TrainState]:
   return config, state
 
 
-def _evaluate_and_log(state, test, batch_size, metrics_log, step) -> dict[str, Any]:
-  results = {'step': step, **evaluate(state, test, batch_size)}
+def _evaluate_and_log(state, test, batch_size, metrics_log, step, **timings
+                      ) -> dict[str, Any]:
+  results = {'step': step, **evaluate(state, test, batch_size), **timings}
   logger.info('step %d, test accuracy %g, test loss %.4f (%d images)', step,
               results['test_accuracy'], results['test_loss'],
               results['num_examples'])

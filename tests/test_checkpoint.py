@@ -9,7 +9,8 @@ from flax_mnist.errors import FlaxMnistError
 def test_round_trip_restores_against_an_abstract_state(tmp_path):
   config = configs.get_preset('experts')
   state = train.create_train_state(config)
-  record = {'config': config.to_dict(), 'data_position': [3, 17]}
+  record = {'config': config.to_dict(), 'num_train': 60_000,
+            'data_position': [3, 17]}
   with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
     ckpt.save(5, state, record)
     ckpt.wait()

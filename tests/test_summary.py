@@ -39,3 +39,10 @@ def test_deep_cnn_rows():
       ('flatten', (3136,), 0), ('fc1', (1024,), 3_212_288),
       ('dropout', (1024,), 0), ('fc2', (10,), 10_250)]
   assert 'Total params: 3,274,634' in summary.format_summary('deep_cnn')
+
+
+def test_multiply_adds_give_the_issue_flop_count():
+  # 6 flops per multiply-add per image, 60,000 images: 5.0 TFLOP per epoch.
+  assert summary.multiply_adds('deep_cnn') == 13_883_904
+  assert summary.multiply_adds('softmax_regression') == 7_840
+  assert summary.multiply_adds('keras_cnn') == 2_794_240

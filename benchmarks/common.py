@@ -1,0 +1,86 @@
+"""What every benchmark shares: the machine's description, tables, JSON, data."""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+
+import jax
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = os.environ.get('FLAX_MNIST_DATA_DIR',
+                                  str(REPO.parent / 'shared' / 'mnist'))
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+  """Versions and hardware, recorded with every result."""
+  import flax
+  import jaxlib
+  import optax
+  device = jax.devices()[0]
+  return {
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'command': ' '.join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+      'python': platform.python_version(),
+      'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+      'flax': flax.__version__, 'optax': optax.__version__,
+      'backend': jax.default_backend(),
+      'device': getattr(device, 'device_kind', str(device)),
+      'device_count': jax.device_count(),
+      'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
+  }
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+  """A parser with the flags every benchmark takes."""
+  parser = argparse.ArgumentParser(
+      description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--smoke', action='store_true',
+                      help='tiny sizes, seconds: checks the script still runs')
+  parser.add_argument('--out', help='write the results here as JSON')
+  return parser
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+  """A plain-text table with one column per key in `columns`."""
+  cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+  widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c)
+            for i, c in enumerate(columns)]
+  lines = ['  '.join(c.rjust(w) for c, w in zip(columns, widths))]
+  lines += ['  '.join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+  return '\n'.join(lines)
+
+
+def _cell(value) -> str:
+  if value is None:
+    return '-'
+  if isinstance(value, float):
+    return f'{value:.3g}' if abs(value) < 100 else f'{value:,.0f}'
+  return str(value)
+
+
+def report(name: str, rows: list[dict], columns: list[str], out: str | None,
+           **extra) -> None:
+  """Prints the table and, with `out`, writes rows + environment as JSON."""
+  env = environment()
+  print(f'{name} on {env["device"]} ({env["backend"]}, {env["cpu"]}), '
+        f'jax {env["jax"]}, flax {env["flax"]}')
+  print(format_table(rows, columns))
+  if out:
+    with open(out, 'w') as f:
+      json.dump({'benchmark': name, 'environment': env, **extra, 'rows': rows},
+                f, indent=2)

@@ -1,0 +1,161 @@
+"""The library against the code users would otherwise copy, in one run.
+
+    pip install torch==2.13.0        # benchmark-only; never a library dependency
+    python benchmarks/compare.py [--out results.json] [--smoke]
+
+For each model at the tutorial's batch size and at 128, trains on the same
+60,000 random images with the same optimizer (Adam 1e-4; SGD 0.5 for softmax
+regression) and reports images/s of:
+- flax-mnist: `train.train_steps`, data on the device, its default steps per
+  dispatch;
+- flax-examples: the loop of Flax's Linen examples/mnist (host numpy batches
+  of a float32 array, one jitted gradient step and one jitted update per
+  batch), with stock `nn.Conv` and `nn.max_pool`;
+- pytorch: the same network in PyTorch (tensors in memory, one permutation
+  per epoch), using every core.
+The ratios compare flax-mnist with each. Softmax regression times a whole
+epoch (600 steps).
+"""
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import common
+import throughput
+from flax_mnist import configs, models, train
+
+NUM_EXAMPLES = 60_000
+
+
+def optimizer_config(model: str) -> dict:
+  if model == 'softmax_regression':
+    return dict(optimizer='sgd', learning_rate=0.5)
+  return dict(optimizer='adam', learning_rate=1e-4)
+
+
+def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int
+                       ) -> float:
+  """images/s of Flax's Linen MNIST example loop (apply_model + update_model)."""
+  module = models.FLAX_STOCK_MODELS[model]()
+  opt = optimizer_config(model)
+  tx = {'sgd': optax.sgd, 'adam': optax.adam}[opt['optimizer']](opt['learning_rate'])
+  params = module.init(jax.random.PRNGKey(0), jnp.ones([1, 28, 28, 1]))['params']
+  state = train.TrainState.create(apply_fn=module.apply, params=params, tx=tx,
+                                  rng=jax.random.PRNGKey(0))
+
+  @jax.jit
+  def apply_model(state, images, labels, key):
+    def loss_fn(params):
+      logits = state.apply_fn({'params': params}, images, train=True,
+                              rngs={'dropout': key})
+      one_hot = jax.nn.one_hot(labels, 10)
+      return jnp.mean(optax.softmax_cross_entropy(logits, one_hot)), logits
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return grads, loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+  @jax.jit
+  def update_model(state, grads):
+    return state.apply_gradients(grads=grads)
+
+  images = images.astype(np.float32) / 255.0
+  rng = np.random.default_rng(0)
+  perms = rng.permutation(len(images))[:len(images) // batch_size * batch_size]
+  perms = perms.reshape(-1, batch_size)
+
+  def run(state, first, count):
+    for i in range(first, first + count):
+      perm = perms[i % len(perms)]
+      grads, _, _ = apply_model(state, images[perm], labels[perm],
+                                jax.random.PRNGKey(i))
+      state = update_model(state, grads)
+    return state
+
+  state = jax.block_until_ready(run(state, 0, 2))
+  start = time.perf_counter()
+  jax.block_until_ready(run(state, 2, steps))
+  return steps * batch_size / (time.perf_counter() - start)
+
+
+def pytorch_loop(model: str, batch_size: int, images, labels, steps: int) -> float:
+  """images/s of the same network and optimizer in PyTorch."""
+  import torch
+  from torch import nn
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  network = {
+      'softmax_regression': lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+      'deep_cnn': lambda: nn.Sequential(
+          nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+          nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+          nn.Flatten(), nn.Linear(3136, 1024), nn.ReLU(), nn.Dropout(0.5),
+          nn.Linear(1024, 10)),
+      'keras_cnn': lambda: nn.Sequential(
+          nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+          nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+          nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
+          nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, 10)),
+  }[model]()
+  opt = optimizer_config(model)
+  optimizer = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam}[opt['optimizer']](
+      network.parameters(), lr=opt['learning_rate'])
+  x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+  y_all = torch.from_numpy(labels).long()
+  order = torch.randperm(len(x_all))
+
+  def run(first, count):
+    for i in range(first, first + count):
+      ids = order[(i * batch_size) % (len(order) - batch_size):][:batch_size]
+      optimizer.zero_grad(set_to_none=True)
+      loss = nn.functional.cross_entropy(network(x_all[ids]), y_all[ids])
+      loss.backward()
+      optimizer.step()
+
+  network.train()
+  run(0, 2)
+  start = time.perf_counter()
+  run(2, steps)
+  return steps * batch_size / (time.perf_counter() - start)
+
+
+def main():
+  parser = common.arguments(__doc__)
+  parser.add_argument('--models', nargs='+', default=list(throughput.TUTORIAL_BATCH))
+  parser.add_argument('--seconds', type=float, default=10.0,
+                      help='time each CNN case for about this long')
+  args = parser.parse_args()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), np.uint8)
+  labels = rng.integers(0, 10, NUM_EXAMPLES).astype(np.int32)
+  rows = []
+  for model in args.models:
+    for batch_size in sorted({throughput.TUTORIAL_BATCH[model], 128}):
+      ours = throughput.measure(model, batch_size, 'float32',
+                                train.steps_per_dispatch(configs.Config(model=model)),
+                                0.0 if args.smoke else args.seconds, NUM_EXAMPLES)
+      if args.smoke:
+        steps = 3
+      elif model == 'softmax_regression':
+        steps = NUM_EXAMPLES // batch_size
+      else:
+        # As many steps as flax-mnist ran in `seconds`, give or take.
+        steps = max(20, int(ours['images_per_s'] * args.seconds / batch_size / 2))
+      stock = flax_examples_loop(model, batch_size, images, labels, steps)
+      torch_rate = pytorch_loop(model, batch_size, images, labels, steps)
+      rows.append({'model': model, 'batch': batch_size,
+                   'flax_mnist': ours['images_per_s'], 'flax_examples': stock,
+                   'pytorch': torch_rate,
+                   'vs_flax_examples': ours['images_per_s'] / stock,
+                   'vs_pytorch': ours['images_per_s'] / torch_rate})
+      print(common.format_table(rows[-1:], list(rows[-1])), flush=True)
+  common.report('compare', rows, list(rows[0]), args.out,
+                unit='images/s; vs_* = flax_mnist / other')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,90 @@
+"""Convolution and max-pooling with gradients that are fast on XLA:CPU.
+
+The values are the usual float32 ones; only how the gradients are computed
+changes. XLA:CPU runs `reduce_window`'s gradient (`select_and_scatter`) and the
+kernel gradient of a convolution (a convolution contracting over the batch)
+far slower than the forward pass; measured in benchmarks/README.md. Here
+pooling is a reshape and a max, and on CPU the kernel gradient is one matrix
+product of gathered patches. Other backends keep XLA's own gradients.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def max_pool(x_BHWC: jax.Array, window: int, padding: str) -> jax.Array:
+  """Max over non-overlapping `window` x `window` blocks (stride = window).
+
+  'VALID' drops the rows and columns that do not fill a block, 'SAME' pads
+  them with -inf, as `nn.max_pool` does. Ties share the gradient equally.
+  """
+  _, height, width, _ = x_BHWC.shape
+  if padding == 'SAME':
+    pad_h, pad_w = -height % window, -width % window
+    x_BHWC = jnp.pad(x_BHWC, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)),
+                     constant_values=-jnp.inf)
+  elif padding != 'VALID':
+    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+  batch, height, width, channels = x_BHWC.shape
+  height, width = height // window, width // window
+  x_BHWC = x_BHWC[:, :height * window, :width * window]
+  blocks = x_BHWC.reshape(batch, height, window, width, window, channels)
+  return blocks.max(axis=(2, 4))
+
+
+def _padding(kernel_shape: tuple[int, ...], padding: str) -> list[tuple[int, int]]:
+  """Explicit (low, high) padding of the two spatial axes."""
+  if padding == 'VALID':
+    return [(0, 0), (0, 0)]
+  if padding == 'SAME':
+    return [((k - 1) // 2, k // 2) for k in kernel_shape[:2]]
+  raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+
+
+def _conv(x_BHWC, kernel_HWIO, padding):
+  return jax.lax.conv_general_dilated(
+      x_BHWC, kernel_HWIO, (1, 1), _padding(kernel_HWIO.shape, padding),
+      dimension_numbers=_DIMENSIONS)
+
+
+def _kernel_grad_by_patches(x_BHWC, g_BHWO, kernel_shape, padding):
+  """d loss / d kernel as (patches of x)^T @ g: one gather, one matmul."""
+  kh, kw, c_in, c_out = kernel_shape
+  x_BHWC = jnp.pad(x_BHWC, ((0, 0), *_padding(kernel_shape, padding), (0, 0)))
+  batch, height, width, _ = x_BHWC.shape
+  out_h, out_w = height - kh + 1, width - kw + 1
+  rows, cols, di, dj = np.meshgrid(np.arange(out_h), np.arange(out_w),
+                                   np.arange(kh), np.arange(kw), indexing='ij')
+  flat_ids = ((rows + di) * width + cols + dj).reshape(-1)
+  patches = x_BHWC.reshape(batch, height * width, c_in)[:, flat_ids]
+  patches = patches.reshape(batch * out_h * out_w, kh * kw * c_in)
+  return (patches.T @ g_BHWO.reshape(-1, c_out)).reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, padding: str) -> jax.Array:
+  """Stride-1 2-D convolution (cross-correlation), NHWC input, HWIO kernel."""
+  return _conv(x_BHWC, kernel_HWIO, padding)
+
+
+def _conv2d_fwd(x_BHWC, kernel_HWIO, padding):
+  return _conv(x_BHWC, kernel_HWIO, padding), (x_BHWC, kernel_HWIO)
+
+
+def _conv2d_bwd(padding, residuals, g_BHWO):
+  x_BHWC, kernel_HWIO = residuals
+  _, xla_vjp = jax.vjp(lambda x, k: _conv(x, k, padding), x_BHWC, kernel_HWIO)
+
+  def cpu(g):
+    dx = xla_vjp(g)[0]
+    return dx, _kernel_grad_by_patches(x_BHWC, g, kernel_HWIO.shape, padding)
+
+  return jax.lax.platform_dependent(g_BHWO, cpu=cpu, default=xla_vjp)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
