@@ -6,24 +6,27 @@ import sys
 
 import pytest
 
-from conftest import MNIST_DIR, REPO
+from conftest import REPO
 
 SCRIPTS = {
     'throughput.py': [],
     'compare.py': [],
-    'time_to_accuracy.py': ['--presets', 'beginners', 'fast', '--data-dir', MNIST_DIR],
-    'fast_search.py': ['--data-dir', MNIST_DIR],
+    'time_to_accuracy.py': ['--presets', 'beginners', 'fast', '--data-dir'],
+    'fast_search.py': ['--data-dir'],
 }
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))
-def test_smoke(script, tmp_path):
+def test_smoke(script, tmp_path, request):
   if script == 'compare.py':
     pytest.importorskip('torch')
+  args = SCRIPTS[script]
+  if args[-1:] == ['--data-dir']:
+    args = [*args, request.getfixturevalue('mnist_dir')]
   out = tmp_path / 'results.json'
   run = subprocess.run(
       [sys.executable, str(REPO / 'benchmarks' / script), '--smoke', '--out', str(out),
-       *SCRIPTS[script]], capture_output=True, text=True, timeout=600)
+       *args], capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.loads(out.read_text())
   assert results['rows'] and results['environment']['jax']
