@@ -101,13 +101,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
 
 
 @functools.partial(jax.jit, donate_argnums=0,
-                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch',
-                                    'unroll'))
+                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch'))
 def train_steps(state: TrainState, train: input_pipeline.Split,
                 orders_2N: jax.Array, index: int | jax.Array,
                 dropout_key: jax.Array, *, num_steps: int, batch_size: int,
-                steps_per_epoch: int, unroll: int = 1
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
+                steps_per_epoch: int) -> tuple[TrainState, dict[str, jax.Array]]:
   """`num_steps` train steps in one dispatch, from batch `index` of an epoch.
 
   `orders_2N` holds this epoch's order and the next one's, so the steps may
@@ -128,8 +126,7 @@ def train_steps(state: TrainState, train: input_pipeline.Split,
     # XLA:CPU runs a step 25% slower inside a one-trip loop than outside it.
     state, metrics = one_step(state, index)
     return state, jax.tree_util.tree_map(lambda x: x[None], metrics)
-  return jax.lax.scan(one_step, state, index + jnp.arange(num_steps),
-                      unroll=unroll)
+  return jax.lax.scan(one_step, state, index + jnp.arange(num_steps))
 
 
 def steps_per_dispatch(config: configs.Config) -> int:
@@ -341,8 +338,8 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
   """(None, None) for a new run, or the latest checkpoint's state and record."""
   if ckpt.latest_step() is None:
     return None, None
-  saved = configs.Config.from_dict(ckpt.restore_record()['config'])
-  num_train = ckpt.restore_record()['num_train']
+  latest = ckpt.restore_record()
+  saved, num_train = configs.Config.from_dict(latest['config']), latest['num_train']
   if (saved.lr_schedule != 'constant' and
       saved.total_steps(num_train) != config.total_steps(num_train)):
     raise ConfigError(
