@@ -45,6 +45,16 @@ def environment() -> dict:
   }
 
 
+def mnist(data_dir: str, smoke: bool):
+  """MNIST from `data_dir`; in smoke mode its first 1,000 / 500 examples."""
+  from flax_mnist import input_pipeline
+  data = input_pipeline.from_idx_dir(data_dir)
+  if smoke:
+    data = input_pipeline.Mnist(data.train_images[:1000], data.train_labels[:1000],
+                                data.test_images[:500], data.test_labels[:500])
+  return data
+
+
 def arguments(doc: str) -> argparse.ArgumentParser:
   """A parser with the flags every benchmark takes."""
   parser = argparse.ArgumentParser(

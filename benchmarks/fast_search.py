@@ -14,7 +14,7 @@ import itertools
 import tempfile
 
 import common
-from flax_mnist import configs, input_pipeline, train
+from flax_mnist import configs, train
 
 
 def main():
@@ -27,12 +27,10 @@ def main():
   parser.add_argument('--epochs', nargs='+', type=float, default=[1, 2, 3])
   parser.add_argument('--seeds', nargs='+', type=int, default=[1, 2])
   args = parser.parse_args()
-  data = input_pipeline.from_idx_dir(args.data_dir)
+  data = common.mnist(args.data_dir, args.smoke)
   grid = list(itertools.product(args.batch_sizes, args.learning_rates,
                                 args.epochs, args.seeds))
   if args.smoke:
-    data = input_pipeline.Mnist(data.train_images[:640], data.train_labels[:640],
-                                data.test_images[:200], data.test_labels[:200])
     grid = grid[:1]
   rows = []
   for batch_size, learning_rate, epochs, seed in grid:

@@ -58,11 +58,9 @@ def main():
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='config override for every preset')
   args = parser.parse_args()
-  data = input_pipeline.from_idx_dir(args.data_dir)
+  data = common.mnist(args.data_dir, args.smoke)
   overrides = args.set
   if args.smoke:
-    data = input_pipeline.Mnist(data.train_images[:1000], data.train_labels[:1000],
-                                data.test_images[:500], data.test_labels[:500])
     overrides = ['steps=20', 'batch_size=20', *overrides]
   rows = [run(p, data, args.evals_per_epoch, overrides) for p in args.presets]
   common.report('time_to_accuracy', rows,
