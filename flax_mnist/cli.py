@@ -7,7 +7,7 @@ import os
 import sys
 
 from flax_mnist import configs
-from flax_mnist.errors import FlaxMnistError
+from flax_mnist.errors import FlaxMnistError, TrainingStopped
 from flax_mnist.models import MODELS
 
 
@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
              'predict': _predict, 'data': _data}[args.command]
   try:
     return command(args)
+  except TrainingStopped as e:
+    print(f'flax-mnist: {e}', file=sys.stderr)
+    # The shell's code for death by that signal, which schedulers expect.
+    return 128 + e.signal_number
   except FlaxMnistError as e:
     print(f'flax-mnist: error: {e}', file=sys.stderr)
     return 2

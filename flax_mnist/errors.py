@@ -22,3 +22,15 @@ def check_choice(kind: str, value: str, choices) -> None:
   if value not in choices:
     raise ConfigError(
         f'unknown {kind} {value!r}; choose one of: {", ".join(choices)}')
+
+
+class TrainingStopped(FlaxMnistError):
+  """Training stopped on a signal (preemption, Ctrl-C) after saving a checkpoint."""
+
+  def __init__(self, message: str, signal_number: int):
+    super().__init__(message)
+    self.signal_number = signal_number
+
+
+class TrainingDiverged(FlaxMnistError):
+  """The loss or the parameters stopped being finite; nothing after is saved."""

@@ -30,6 +30,8 @@ IMAGE_FORMATS = ('PNG', 'JPEG', 'BMP', 'GIF', 'TIFF', 'WEBP')
 # The longest side the digit is searched at: enough for a digit a tenth of a
 # photo's height, small enough that a 24-megapixel photo takes milliseconds.
 WORK_SIZE = 512
+# Smaller pictures cannot hold a digit anyone could read.
+MIN_SIDE = 8
 FRAME = 28
 BOX = 20
 # Stroke widths in the 20x20 box, estimated (2 * area / perimeter) on the
@@ -159,6 +161,9 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
   """
   if looks_like_mnist(gray):
     return np.rint(gray * 255).astype(np.uint8)
+  if min(gray.shape) < MIN_SIDE:
+    raise DataError(f'{gray.shape[0]}x{gray.shape[1]} pixels is too small to hold '
+                    f'a digit (at least {MIN_SIDE} on each side)')
   paper = gray if _light_background(gray) else 1 - gray
   size = 0.3 * min(gray.shape)
   ink = _ink(paper, size)
@@ -209,7 +214,10 @@ def _light_background(gray: np.ndarray) -> bool:
   for _ in range(2):  # Refit without the border's outliers (a digit touching it).
     # Normal equations: the centred terms are well conditioned, and numpy's
     # lstsq is 50 times slower here.
-    coefficients = np.linalg.solve(rows.T @ rows, rows.T @ values)
+    try:
+      coefficients = np.linalg.solve(rows.T @ rows, rows.T @ values)
+    except np.linalg.LinAlgError:  # A flat border leaves the fit degenerate.
+      coefficients = np.linalg.lstsq(rows, values, rcond=None)[0]
     residual = values - rows @ coefficients
     keep = np.abs(residual) <= 2.5 * np.median(np.abs(residual)) + 1e-3
     rows, values = rows[keep], values[keep]

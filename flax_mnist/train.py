@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -24,7 +25,10 @@ from flax_mnist import checkpoint
 from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import models
-from flax_mnist.errors import ConfigError, FlaxMnistError
+from flax_mnist import preemption
+from flax_mnist import workdirs
+from flax_mnist.errors import (ConfigError, FlaxMnistError, TrainingDiverged,
+                               TrainingStopped)
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +196,8 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise FlaxMnistError(f'{workdir}: cannot create the workdir ({e.strerror})') from None
-  with checkpoint.Checkpointer(workdir, config.max_checkpoints) as ckpt:
+  with workdirs.locked(workdir), checkpoint.Checkpointer(
+      workdir, config.max_checkpoints) as ckpt:
     # A refused resume should not wait for the data to load.
     state, record = _start(config, ckpt, workdir)
     if data is None:
@@ -205,12 +210,14 @@ def train_and_evaluate(config: configs.Config, workdir: str,
           f'has {num_train}: resume with the same data, or use a new --workdir')
     if state is None:
       state = create_train_state(config, num_train)
+    workdirs.check_room(workdir, state, config.max_checkpoints,
+                        len(ckpt.all_steps()))
     epoch, index = record['data_position'] if record else (0, 0)
     step = int(state.step)
     metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
     metrics_log.drop_from(step)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config.to_dict(), f, indent=2)
+    workdirs.write_atomically(os.path.join(workdir, 'config.json'),
+                              json.dumps(config.to_dict(), indent=2))
     steps_per_epoch = config.steps_per_epoch(num_train)
     total_steps = config.total_steps(num_train)
     train = input_pipeline.to_device(data.train_images, data.train_labels)
@@ -229,62 +236,130 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     clock = _TrainClock(record.get('train_seconds', 0.0) if record else 0.0)
     compiled, compile_seconds = set(), 0.0
     last_log = None
-    while step < total_steps:
-      if index == steps_per_epoch:
-        epoch, index = epoch + 1, 0
-      if orders_epoch != epoch:
-        orders_epoch = epoch
-        orders = jnp.stack([input_pipeline.epoch_permutation(data_key, e, num_train)
-                            for e in (epoch, epoch + 1)])
-      num_steps = _dispatch_size(step, total_steps, chunk, steps_per_epoch,
-                                 (config.eval_every, config.checkpoint_every))
-      args = (state, train, orders, index, dropout_key)
-      kwargs = dict(num_steps=num_steps, batch_size=config.batch_size,
-                    steps_per_epoch=steps_per_epoch)
-      if num_steps in compiled:
-        state, metrics = train_steps(*args, **kwargs)
-      else:
-        # A new dispatch length's compilation and first run (GPU module
-        # loading, autotuning) count as compile time, not training time.
-        with clock.paused(state):
-          start = time.perf_counter()
-          state, metrics = jax.block_until_ready(train_steps(*args, **kwargs))
-          compile_seconds += time.perf_counter() - start
-        compiled.add(num_steps)
-      first, step, index = step, step + num_steps, index + num_steps
-      if index > steps_per_epoch:
-        epoch, index = epoch + 1, index - steps_per_epoch
-      logged = range(-first % config.log_every, num_steps, config.log_every)
-      if len(logged):
-        metrics = jax.device_get(metrics)
-        seconds = clock.read(state)
-        # The first line has no rate: before it the clock held only set-up.
-        rate = ((step - last_log[0]) * config.batch_size / (seconds - last_log[1])
-                if last_log and seconds > last_log[1] else None)
-        last_log = (step, seconds)
-        for i in logged:
-          logger.info('step %d, training accuracy %g, loss %.4f%s', first + i,
-                      metrics['accuracy'][i], metrics['loss'][i],
-                      _speed(rate, (total_steps - step) * config.batch_size))
-          metrics_log.write(step=first + i,
-                            train_accuracy=float(metrics['accuracy'][i]),
-                            train_loss=float(metrics['loss'][i]),
-                            learning_rate=float(schedule(first + i)),
-                            images_per_second=rate)
-      if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-        with clock.paused(state):
-          _evaluate_and_log(state, test, eval_batch_size, metrics_log, step,
-                            train_seconds=clock.seconds)
-      if step % config.checkpoint_every == 0 or step == total_steps:
-        with clock.paused(state):
-          ckpt.save(step, state, {'config': config.to_dict(), 'num_train': num_train,
-                                  'data_position': [epoch, index],
-                                  'train_seconds': clock.seconds})
+    finite = _FiniteCheck(ckpt, schedule)
+    saved = ckpt.latest_step()
+
+    def save():
+      nonlocal saved
+      with clock.paused(state):
+        finite.check(state)
+        ckpt.save(step, state, {'config': config.to_dict(), 'num_train': num_train,
+                                'data_position': [epoch, index],
+                                'train_seconds': clock.seconds})
+      saved = step
+
+    with preemption.StopRequest() as stop:
+      while step < total_steps and stop.signal_number is None:
+        if index == steps_per_epoch:
+          epoch, index = epoch + 1, 0
+        if orders_epoch != epoch:
+          orders_epoch = epoch
+          orders = jnp.stack([input_pipeline.epoch_permutation(data_key, e, num_train)
+                              for e in (epoch, epoch + 1)])
+        num_steps = _dispatch_size(step, total_steps, chunk, steps_per_epoch,
+                                   (config.eval_every, config.checkpoint_every))
+        args = (state, train, orders, index, dropout_key)
+        kwargs = dict(num_steps=num_steps, batch_size=config.batch_size,
+                      steps_per_epoch=steps_per_epoch)
+        if num_steps in compiled:
+          state, metrics = train_steps(*args, **kwargs)
+        else:
+          # A new dispatch length's compilation and first run (GPU module
+          # loading, autotuning) count as compile time, not training time.
+          with clock.paused(state):
+            start = time.perf_counter()
+            state, metrics = jax.block_until_ready(train_steps(*args, **kwargs))
+            compile_seconds += time.perf_counter() - start
+          compiled.add(num_steps)
+        finite.add(step, metrics['loss'])
+        first, step, index = step, step + num_steps, index + num_steps
+        if index > steps_per_epoch:
+          epoch, index = epoch + 1, index - steps_per_epoch
+        logged = range(-first % config.log_every, num_steps, config.log_every)
+        if len(logged):
+          finite.check()
+          metrics = jax.device_get(metrics)
+          seconds = clock.read(state)
+          # The first line has no rate: before it the clock held only set-up.
+          rate = ((step - last_log[0]) * config.batch_size / (seconds - last_log[1])
+                  if last_log and seconds > last_log[1] else None)
+          last_log = (step, seconds)
+          for i in logged:
+            logger.info('step %d, training accuracy %g, loss %.4f%s', first + i,
+                        metrics['accuracy'][i], metrics['loss'][i],
+                        _speed(rate, (total_steps - step) * config.batch_size))
+            metrics_log.write(step=first + i,
+                              train_accuracy=float(metrics['accuracy'][i]),
+                              train_loss=float(metrics['loss'][i]),
+                              learning_rate=float(schedule(first + i)),
+                              images_per_second=rate)
+        if config.eval_every and step % config.eval_every == 0 and step < total_steps:
+          with clock.paused(state):
+            finite.check()
+            _evaluate_and_log(state, test, eval_batch_size, metrics_log, step,
+                              train_seconds=clock.seconds)
+        if step % config.checkpoint_every == 0 or step == total_steps:
+          save()
+      if stop.signal_number is not None:
+        if saved != step:
+          save()
+        ckpt.wait()
+        raise TrainingStopped(
+            f'stopped by {stop.name} at step {step}; its checkpoint is saved in '
+            f'{ckpt.directory}: run the same command to resume',
+            stop.signal_number)
     ckpt.wait()
     results = _evaluate_and_log(state, test, eval_batch_size, metrics_log, step,
                                 train_seconds=clock.read(state),
                                 compile_seconds=compile_seconds)
   return state, results
+
+
+class _FiniteCheck:
+  """Stops a diverging run before anything non-finite is saved.
+
+  Each dispatch's losses stay on the device until the loop syncs anyway
+  (log lines, evaluations, checkpoints), so checking costs no extra waits.
+  """
+
+  def __init__(self, ckpt: checkpoint.Checkpointer, schedule: optax.Schedule):
+    self._ckpt = ckpt
+    self._schedule = schedule
+    self._pending = []
+
+  def add(self, first_step: int, losses: jax.Array) -> None:
+    self._pending.append((first_step, losses))
+    if len(self._pending) >= 100:
+      self.check()
+
+  def check(self, state: TrainState | None = None) -> None:
+    """Raises `TrainingDiverged` at the first non-finite loss (or parameter)."""
+    values = jax.device_get([losses for _, losses in self._pending])
+    for (first, _), losses in zip(self._pending, values):
+      bad = np.flatnonzero(~np.isfinite(losses))
+      if bad.size:
+        self._fail(f'the loss is {losses[bad[0]]} at step {first + bad[0]}',
+                   first + bad[0])
+    self._pending.clear()
+    if state is not None and not _all_finite(state.params):
+      self._fail(f'the parameters are not finite after step {int(state.step)}',
+                 int(state.step) - 1)
+
+  def _fail(self, what: str, step: int):
+    self._ckpt.wait()
+    kept = self._ckpt.all_steps()
+    last = (f'the last good checkpoint, step {kept[-1]}, is kept' if kept
+            else 'no checkpoint had been saved')
+    raise TrainingDiverged(
+        f'training diverged: {what} (learning rate '
+        f'{float(self._schedule(step)):g}); stopped there and {last}. Lower '
+        'learning_rate, or start again in a new --workdir')
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree_util.tree_leaves(tree)]))
 
 
 class _TrainClock:
@@ -392,17 +467,30 @@ class MetricsLog:
     self.path = path
 
   def write(self, **values) -> None:
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'time': time.time(), **values}) + '\n')
+    try:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'time': time.time(), **values}) + '\n')
+    except OSError as e:
+      raise FlaxMnistError(f'{self.path}: cannot write ({e.strerror})') from None
 
   def drop_from(self, step: int) -> None:
-    """Forgets entries from `step` on: a run resumed there logs them again."""
+    """Forgets entries from `step` on: a run resumed there logs them again.
+
+    A line cut short by a killed process is dropped too.
+    """
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line for line in f if json.loads(line)['step'] < step]
-    with open(self.path, 'w') as f:
-      f.writelines(kept)
+      kept = [line for line in f
+              if (logged := _step_of(line)) is not None and logged < step]
+    workdirs.write_atomically(self.path, ''.join(kept))
+
+
+def _step_of(line: str) -> int | None:
+  try:
+    return json.loads(line)['step'] if line.endswith('\n') else None
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def evaluate_workdir(workdir: str, **data_fields) -> dict[str, Any]:

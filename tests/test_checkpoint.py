@@ -1,7 +1,10 @@
+import re
+
 import jax
 import numpy as np
 import pytest
 
+from conftest import REPO
 from flax_mnist import checkpoint, configs, train
 from flax_mnist.errors import FlaxMnistError
 
@@ -41,3 +44,66 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
   with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
     with pytest.raises(FlaxMnistError, match='no checkpoint found'):
       ckpt.restore_record()
+
+
+def _saved(tmp_path, preset='beginners'):
+  config = configs.get_preset(preset)
+  state = train.create_train_state(config)
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(1, state, {'config': config.to_dict(), 'num_train': 60_000})
+  return state
+
+
+def test_restoring_into_another_model_names_the_mismatch(tmp_path):
+  _saved(tmp_path, 'beginners')
+  with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
+    with pytest.raises(FlaxMnistError, match=r'does not fit the model.*params/conv2d/bias '
+                       r'missing from the checkpoint'):
+      train.restore_state(ckpt, configs.get_preset('keras'))
+    with pytest.raises(FlaxMnistError, match=r'params/dense/kernel has shape \(784, 10\) '
+                       r'in the checkpoint, \(784, 20\) here'):
+      ckpt.restore(jax.eval_shape(lambda: {
+          'params': {'dense': {'kernel': jax.numpy.zeros((784, 20)),
+                               'bias': jax.numpy.zeros(10)}}}))
+
+
+def test_a_damaged_checkpoint_is_refused(tmp_path):
+  _saved(tmp_path, 'keras')
+  biggest = max((tmp_path / 'checkpoints' / '1' / 'state').rglob('*'),
+                key=lambda p: p.stat().st_size)
+  content = bytearray(biggest.read_bytes())
+  content[len(content) // 2] ^= 0xff
+  biggest.write_bytes(bytes(content))
+  with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
+    with pytest.raises(FlaxMnistError, match=r'checkpoints/1: (damaged checkpoint|cannot restore)'):
+      train.restore_state(ckpt, configs.get_preset('keras'))
+
+
+def test_a_save_cut_short_is_never_listed(tmp_path):
+  _saved(tmp_path)
+  (tmp_path / 'checkpoints' / '2.orbax-checkpoint-tmp').mkdir()
+  with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
+    assert ckpt.all_steps() == [1]
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    assert ckpt.latest_step() == 1
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1']
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+  """No code can come out of a checkpoint: nothing in the load path unpickles."""
+  import pickle
+  source = '\n'.join(p.read_text() for p in (REPO / 'flax_mnist').glob('*.py'))
+  risky = re.findall(r'import (?:pickle|dill|cloudpickle)|pickle\.load|allow_pickle=True|'
+                     r'torch\.load|\beval\(|\bexec\(', source)
+  assert not risky
+  state = _saved(tmp_path, 'keras')
+
+  def refuse(*args, **kwargs):
+    raise AssertionError('something unpickled')
+
+  monkeypatch.setattr(pickle, 'loads', refuse)
+  monkeypatch.setattr(pickle, 'load', refuse)
+  monkeypatch.setattr(pickle, 'Unpickler', refuse)
+  _, restored = train.restore_workdir(str(tmp_path))
+  np.testing.assert_array_equal(restored.params['dense']['kernel'],
+                                state.params['dense']['kernel'])
