@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
       'summary', help="a Keras-style table of a model's layers",
       description="Print a model's layers, output shapes and parameter counts.")
   summary.add_argument('--model', required=True, choices=list(MODELS))
+  summary.add_argument('--graph', metavar='FILE',
+                       help='also draw the layers, top to bottom, with their '
+                            'output shapes and parameter counts (.svg or .png)')
 
   predict = commands.add_parser(
       'predict', help='classify your own pictures of digits',
@@ -155,6 +158,9 @@ def _print_results(results: dict) -> None:
 def _summary(args) -> int:
   from flax_mnist import summary
   print(summary.format_summary(args.model))
+  if args.graph:
+    from flax_mnist import graph
+    graph.save(args.model, args.graph)
   return 0
 
 
