@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
                        help='also draw the layers, top to bottom, with their '
                             'output shapes and parameter counts (.svg or .png)')
 
+  report = commands.add_parser(
+      'report', parents=[data_source, output],
+      help="pictures of a workdir's run and one HTML page of them",
+      description="Restore the latest checkpoint, classify the test set once "
+                  "and write PNG pictures (learning curves, confusion matrix, "
+                  "the most confident mistakes, per-class accuracy), the "
+                  "network's drawing (SVG) and report.html, which shows them "
+                  "with the run's config and final figures. Needs matplotlib.")
+  report.add_argument('--workdir', required=True, metavar='DIR')
+  report.add_argument('--out', metavar='DIR',
+                      help='where the report goes (default: WORKDIR/report)')
+
   predict = commands.add_parser(
       'predict', help='classify your own pictures of digits',
       description="Restore a workdir's latest checkpoint and classify "
@@ -164,6 +176,14 @@ def _summary(args) -> int:
   return 0
 
 
+def _report(args) -> int:
+  from flax_mnist import report
+  path = report.write_report(args.workdir, args.out, progress_bar=_progress_bar(args),
+                             **_data_fields(args))
+  print(f'wrote {path}')
+  return 0
+
+
 def _predict(args) -> int:
   from flax_mnist import predict
   predictions = predict.Predictor(args.workdir).predict_files(args.images)
@@ -219,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   _show_progress(args)
   command = {'train': _train, 'eval': _eval, 'summary': _summary,
-             'predict': _predict, 'data': _data}[args.command]
+             'report': _report, 'predict': _predict, 'data': _data}[args.command]
   try:
     return command(args)
   except FlaxMnistError as e:
