@@ -29,7 +29,7 @@ def split_logits(state, split: input_pipeline.Split, batch_size: int,
   order = jnp.arange(len(split.labels_N))
   parts = progress.device_map(
       lambda i: _logits(state, input_pipeline.batch_at(split, order, i, batch_size)),
-      len(order) // batch_size, progress_bar, 'predicting')
+      len(order) // batch_size, progress_bar, 'classifying')
   logits = np.concatenate(jax.device_get(parts)).astype(np.float32)
   return logits[np.asarray(split.mask_N)]
 

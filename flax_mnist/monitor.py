@@ -60,8 +60,7 @@ class TrainMonitor:
       self._session_end = session_end
     if step < total_steps:
       self._bar = self._closing.enter_context(progress.bar(
-          self.progress_bar, total_steps, f'training {config.model}', 'steps',
-          initial=step))
+          self.progress_bar, total_steps, 'train', 'steps', initial=step))
 
   def train_metrics(self, *, step: int, train_accuracy: float, train_loss: float,
                     learning_rate: float, images_per_second: float | None) -> None:

@@ -8,6 +8,8 @@ imported only when a bar is drawn.
 
 import contextlib
 import logging
+import os
+import shutil
 import sys
 from typing import Any, Callable, Iterator
 
@@ -40,10 +42,23 @@ def bar(enabled: bool, total: int, desc: str, unit: str, *, initial: int = 0,
     yield NoBar()
     return
   with _tqdm()(total=total, initial=initial, desc=desc, unit=f' {unit}',
-               leave=leave, file=sys.stdout, dynamic_ncols=True,
+               leave=leave, file=sys.stdout, **_screen(),
                bar_format='{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} '
-                          '[{elapsed}<{remaining}, {rate_fmt}{postfix}]') as b:
+                          '[{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]') as b:
     yield b
+
+
+def _screen() -> dict[str, Any]:
+  """Follow the terminal's size; where it reports none (a pty opened by
+  `script` or a CI runner), tqdm would hide its bars, so take shutil's fallback."""
+  try:
+    size = os.get_terminal_size(sys.stdout.fileno())
+    if size.columns and size.lines:
+      return {'dynamic_ncols': True}
+  except (OSError, ValueError):
+    pass
+  fallback = shutil.get_terminal_size()
+  return {'ncols': fallback.columns, 'nrows': fallback.lines}
 
 
 def device_map(fn: Callable[[int], Any], count: int, progress_bar: bool,

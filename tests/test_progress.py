@@ -43,7 +43,7 @@ def test_a_bar_on_a_terminal_with_the_log_lines_above_it(tiny_idx_dir, tmp_path,
   monkeypatch.setattr(sys, 'stdout', terminal)
   assert cli.main([*TRAIN, '--workdir', str(tmp_path), '--data-dir', tiny_idx_dir]) == 0
   out = terminal.getvalue()
-  assert 'training keras_cnn: 100%|' in out and '20/20' in out
+  assert 'train: 100%|' in out and '20/20' in out
   assert 'steps/s' in out and 'images/s' in out and 'loss' in out
   assert 'evaluating' in out
   assert 'step 10, training accuracy' in out and 'step 20, test accuracy' in out
