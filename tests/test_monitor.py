@@ -23,11 +23,19 @@ def _metrics(workdir) -> list[dict]:
   return [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
 
 
-def test_event_files_hold_the_runs_figures(tiny_mnist, tmp_path):
-  _, results = train.train_and_evaluate(_config(), str(tmp_path), tiny_mnist)
-  logdir = str(tmp_path / monitor.TENSORBOARD_DIR)
+@pytest.fixture(scope='module')
+def run(tiny_mnist, tmp_path_factory) -> tuple[str, dict]:
+  """(workdir, final results) of a run evaluated at steps 20 and 30."""
+  workdir = str(tmp_path_factory.mktemp('run'))
+  _, results = train.train_and_evaluate(_config(), workdir, tiny_mnist)
+  return workdir, results
+
+
+def test_event_files_hold_the_runs_figures(run):
+  workdir, results = run
+  logdir = os.path.join(workdir, monitor.TENSORBOARD_DIR)
   scalars = event_files.scalars(logdir)
-  logged = _metrics(tmp_path)
+  logged = _metrics(workdir)
   trained = [m for m in logged if 'train_loss' in m]
   for tag, key in (('train/loss', 'train_loss'), ('train/accuracy', 'train_accuracy'),
                    ('learning_rate', 'learning_rate')):
@@ -46,10 +54,9 @@ def test_event_files_hold_the_runs_figures(tiny_mnist, tmp_path):
     assert image.size == (columns * (28 * scale + 10), rows * (28 * scale + 26))
 
 
-def test_the_config_is_shown_as_hparams(tiny_mnist, tmp_path):
+def test_the_config_is_shown_as_hparams(run):
   from tensorboardX.proto import api_pb2, plugin_hparams_pb2
-  train.train_and_evaluate(_config(steps=10, eval_every=0), str(tmp_path), tiny_mnist)
-  logdir = str(tmp_path / monitor.TENSORBOARD_DIR)
+  logdir = os.path.join(run[0], monitor.TENSORBOARD_DIR)
 
   def plugin_data(tag):
     [(_, value)] = event_files.values(logdir, tag)
