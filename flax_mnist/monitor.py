@@ -86,6 +86,8 @@ class TrainMonitor:
     self._scalars(step, {'test/accuracy': results['test_accuracy'],
                          'test/loss': results['test_loss']})
     if self._writer is not None:
+      # A second pass over the test set: `evaluate` keeps only sums, and
+      # evaluations are rare (the end, or every `eval_every` steps).
       logits = mistakes.split_logits(state, test, batch_size, self.progress_bar)
       labels = np.asarray(test.labels_N)[np.asarray(test.mask_N)]
       sheet = mistakes.sheet(test.images_NHWC, labels, logits, rows=MISTAKE_ROWS,

@@ -21,9 +21,6 @@ from flax_mnist import train
 from flax_mnist.errors import FlaxMnistError
 
 REPORT_DIR = 'report'
-# In the order the page shows them.
-PICTURES = ('learning_curves.png', 'confusion_matrix.png', 'mistakes.png',
-            'per_class_accuracy.png', 'network.svg')
 _DPI = 100
 # Pixel sizes (width, height) of the plots.
 CURVES_SIZE = (1200, 400)
@@ -32,7 +29,8 @@ PER_CLASS_SIZE = (800, 400)
 MISTAKE_ROWS, MISTAKE_COLUMNS, MISTAKE_SCALE = 5, 10, 3
 # TensorBoard's default smoothing of the noisy per-batch training curves.
 _SMOOTHING = 0.6
-_CAPTIONS = {
+# Each picture and its caption, in the order the page shows them.
+PICTURES = {
     'learning_curves.png': 'Learning curves: training batches (light: as '
                            'logged, dark: smoothed) and test evaluations',
     'confusion_matrix.png': 'Confusion matrix on the test set (rows: true '
@@ -210,8 +208,8 @@ def _html(workdir: str, config: dict[str, Any], figures: dict[str, str]) -> str:
 
   images = '\n'.join(
       f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}">'
-      f'<figcaption>{html.escape(_CAPTIONS[name])}</figcaption></figure>'
-      for name in PICTURES)
+      f'<figcaption>{html.escape(caption)}</figcaption></figure>'
+      for name, caption in PICTURES.items())
   title = f'flax-mnist report: {html.escape(os.path.abspath(workdir))}'
   return f'''<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
