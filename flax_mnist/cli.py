@@ -7,6 +7,7 @@ import os
 import sys
 
 from flax_mnist import configs
+from flax_mnist import progress
 from flax_mnist.errors import FlaxMnistError, TrainingStopped
 from flax_mnist.models import MODELS
 
@@ -32,8 +33,14 @@ def _parser() -> argparse.ArgumentParser:
       help="accept IDX files whose content is not the official MNIST's "
            '(e.g. Fashion-MNIST)')
 
+  output = argparse.ArgumentParser(add_help=False)
+  output.add_argument(
+      '-q', '--quiet', action='store_true',
+      help='print only errors and the final result: no progress bar or log '
+           'lines (a terminal gets bars, other output plain log lines)')
+
   train = commands.add_parser(
-      'train', parents=[data_source], help='train a preset (resumes a workdir)',
+      'train', parents=[data_source, output], help='train a preset (resumes a workdir)',
       description='Train one of the tutorial presets. Running it again on the '
                   'same workdir resumes from the latest checkpoint.')
   train.add_argument('--preset', required=True, choices=list(configs.PRESETS))
@@ -45,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                           f'(fields: {", ".join(configs.Config.__dataclass_fields__)})')
 
   evaluate = commands.add_parser(
-      'eval', parents=[data_source], help="evaluate a workdir's latest checkpoint",
+      'eval', parents=[data_source, output],
+      help="evaluate a workdir's latest checkpoint",
       description='Restore the latest checkpoint and report test accuracy on '
                   'all 10,000 test images.')
   evaluate.add_argument('--workdir', required=True, metavar='DIR')
@@ -56,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
       'summary', help="a Keras-style table of a model's layers",
       description="Print a model's layers, output shapes and parameter counts.")
   summary.add_argument('--model', required=True, choices=list(MODELS))
+  summary.add_argument('--graph', metavar='FILE',
+                       help='also draw the layers, top to bottom, with their '
+                            'output shapes and parameter counts (.svg or .png)')
+
+  report = commands.add_parser(
+      'report', parents=[data_source, output],
+      help="pictures of a workdir's run and one HTML page of them",
+      description="Restore the latest checkpoint, classify the test set once "
+                  "and write PNG pictures (learning curves, confusion matrix, "
+                  "the most confident mistakes, per-class accuracy), the "
+                  "network's drawing (SVG) and report.html, which shows them "
+                  "with the run's config and final figures. Needs matplotlib.")
+  report.add_argument('--workdir', required=True, metavar='DIR')
+  report.add_argument('--out', metavar='DIR',
+                      help='where the report goes (default: WORKDIR/report)')
 
   predict = commands.add_parser(
       'predict', help='classify your own pictures of digits',
@@ -78,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
   data_commands = data.add_subparsers(dest='data_command', required=True,
                                       metavar='ACTION')
   prepare = data_commands.add_parser(
-      'prepare', help="build tfds's mnist from a folder of IDX files",
+      'prepare', parents=[output], help="build tfds's mnist from a folder of IDX files",
       description="Build tensorflow-datasets' own `mnist` from a folder of "
                   "the four IDX files, with no network, so that "
                   "tfds.load('mnist') works offline.")
@@ -108,7 +131,10 @@ def _train(args) -> int:
   config = configs.apply_overrides(configs.get_preset(args.preset), args.overrides)
   config = dataclasses.replace(config, **_data_fields(args))
   _use_compilation_cache()
-  train.train_and_evaluate(config, args.workdir)
+  _, results = train.train_and_evaluate(config, args.workdir,
+                                        progress_bar=_progress_bar(args))
+  if args.quiet:
+    _print_results(results)
   return 0
 
 
@@ -126,19 +152,35 @@ def _use_compilation_cache() -> None:
 
 def _eval(args) -> int:
   from flax_mnist import train
-  results = train.evaluate_workdir(args.workdir, **_data_fields(args))
+  results = train.evaluate_workdir(args.workdir, progress_bar=_progress_bar(args),
+                                   **_data_fields(args))
   if args.json:
     print(json.dumps(results))
   else:
-    print(f'step {results["step"]}: test accuracy {results["test_accuracy"]:.4f}, '
-          f'test loss {results["test_loss"]:.4f} '
-          f'({results["num_examples"]} test images)')
+    _print_results(results)
   return 0
+
+
+def _print_results(results: dict) -> None:
+  print(f'step {results["step"]}: test accuracy {results["test_accuracy"]:.4f}, '
+        f'test loss {results["test_loss"]:.4f} '
+        f'({results["num_examples"]} test images)')
 
 
 def _summary(args) -> int:
   from flax_mnist import summary
   print(summary.format_summary(args.model))
+  if args.graph:
+    from flax_mnist import graph
+    graph.save(args.model, args.graph)
+  return 0
+
+
+def _report(args) -> int:
+  from flax_mnist import report
+  path = report.write_report(args.workdir, args.out, progress_bar=_progress_bar(args),
+                             **_data_fields(args))
+  print(f'wrote {path}')
   return 0
 
 
@@ -169,27 +211,35 @@ def _data(args) -> int:
             'matching the official checksums')
     return 1 if problems else 0
   from flax_mnist import tfds_source
-  path = tfds_source.prepare(args.dir, args.tfds_data_dir)
+  path = tfds_source.prepare(args.dir, args.tfds_data_dir,
+                             progress_bar=_progress_bar(args))
   print(f"prepared tensorflow-datasets' mnist in {path}")
   return 0
 
 
-def _show_progress() -> None:
-  """The library's log lines, bare, on stdout; other libraries' only on warnings."""
-  handler = logging.StreamHandler(sys.stdout)
+def _progress_bar(args) -> bool:
+  """Bars only on a terminal: piped output gets the plain log lines."""
+  return not getattr(args, 'quiet', False) and sys.stdout.isatty()
+
+
+def _show_progress(args) -> None:
+  """The library's log lines, bare, on stdout (above the bars on a terminal;
+  only warnings with --quiet); other libraries' only on warnings."""
+  handler = (progress.BarHandler if _progress_bar(args)
+             else logging.StreamHandler)(sys.stdout)
   handler.setFormatter(logging.Formatter('%(message)s'))
   ours = logging.getLogger('flax_mnist')
   ours.handlers[:] = [handler]
-  ours.setLevel(logging.INFO)
+  ours.setLevel(logging.WARNING if getattr(args, 'quiet', False) else logging.INFO)
   ours.propagate = False
   logging.getLogger().setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
-  _show_progress()
+  _show_progress(args)
   command = {'train': _train, 'eval': _eval, 'summary': _summary,
-             'predict': _predict, 'data': _data}[args.command]
+             'report': _report, 'predict': _predict, 'data': _data}[args.command]
   try:
     return command(args)
   except TrainingStopped as e:

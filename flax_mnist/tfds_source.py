@@ -12,6 +12,7 @@ re-compressed but identical train-images file is accepted here.
 """
 
 import gzip
+import logging
 import os
 import shutil
 import socket
@@ -21,7 +22,10 @@ import urllib.request
 import numpy as np
 
 from flax_mnist import idx
+from flax_mnist import progress
 from flax_mnist.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 _OFFLINE_HINT = ('with no internet, train from a folder of the four IDX files '
                  'with --data-dir DIR, or run `flax-mnist data prepare DIR` once '
@@ -78,17 +82,25 @@ def _check_reachable(builder) -> None:
                     f'tensorflow-datasets ({e}); {_OFFLINE_HINT}') from None
 
 
-def prepare(idx_dir: str, data_dir: str | None = None) -> str:
+def prepare(idx_dir: str, data_dir: str | None = None,
+            progress_bar: bool = False) -> str:
   """Builds tfds's `mnist` in `data_dir` from the IDX files in `idx_dir`.
 
-  Returns the prepared dataset's folder. No network is used.
+  Returns the prepared dataset's folder. No network is used. Each step is
+  logged; with `progress_bar` the file checks and tfds's build draw bars,
+  without it tfds's own bars are turned off (a process-wide tfds setting).
   """
-  for key in idx.FILES:
-    path = idx.find(idx_dir, key)
-    idx.check_content(path, idx.read_bytes(path), idx.FILES[key])
+  with progress.bar(progress_bar, len(idx.FILES), 'checking', 'files') as bar:
+    for key in idx.FILES:
+      path = idx.find(idx_dir, key)
+      idx.check_content(path, idx.read_bytes(path), idx.FILES[key])
+      logger.info('%s: the official %s', path, idx.FILES[key].name)
+      bar.update(1)
   from etils import epath
   from tensorflow_datasets.core.download import resource
-  builder = _tfds().builder('mnist', data_dir=data_dir)
+  tfds = _tfds()
+  tfds.display_progress_bar(progress_bar)
+  builder = tfds.builder('mnist', data_dir=data_dir)
   if builder.is_prepared():
     return builder.data_dir
   # Where download_and_prepare looks by default, so later loads find it too.
@@ -103,6 +115,7 @@ def prepare(idx_dir: str, data_dir: str | None = None) -> str:
     resource.write_info_file(url=url, path=epath.Path(cached),
                              dataset_name=builder.name,
                              original_fname=url_info.filename, url_info=url_info)
+  logger.info("building tensorflow-datasets' mnist in %s", builder.data_dir)
   try:
     builder.download_and_prepare(download_dir=download_dir)
   except Exception as e:  # tfds's own errors have no common base class.

@@ -25,7 +25,9 @@ from flax_mnist import checkpoint
 from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import models
+from flax_mnist import monitor
 from flax_mnist import preemption
+from flax_mnist import progress
 from flax_mnist import workdirs
 from flax_mnist.errors import (ConfigError, FlaxMnistError, TrainingDiverged,
                                TrainingStopped)
@@ -160,15 +162,16 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
           'count': jnp.sum(mask)}
 
 
-def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int
-             ) -> dict[str, float]:
+def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int,
+             progress_bar: bool = False) -> dict[str, float]:
   """Loss and accuracy over every example of `split` (padded by `to_device`)."""
   if len(split.labels_N) % batch_size:
     raise ValueError(f'{len(split.labels_N)} rows do not split into batches of '
                      f'{batch_size}: pad with to_device(..., multiple={batch_size})')
   order = jnp.arange(len(split.labels_N))
-  sums = [eval_step(state, input_pipeline.batch_at(split, order, i, batch_size))
-          for i in range(len(order) // batch_size)]
+  sums = progress.device_map(
+      lambda i: eval_step(state, input_pipeline.batch_at(split, order, i, batch_size)),
+      len(order) // batch_size, progress_bar, 'evaluating')
   total = jax.device_get(jax.tree_util.tree_map(lambda *x: sum(x), *sums))
   count = int(total['count'])
   return {'test_accuracy': float(total['correct']) / count,
@@ -185,19 +188,23 @@ def _test_split(data: input_pipeline.Mnist, config: configs.Config
 
 
 def train_and_evaluate(config: configs.Config, workdir: str,
-                       data: input_pipeline.Mnist | None = None
+                       data: input_pipeline.Mnist | None = None, *,
+                       progress_bar: bool = False
                        ) -> tuple[TrainState, dict[str, Any]]:
   """Trains (resuming from `workdir`'s latest checkpoint) and evaluates.
 
   `data` defaults to `config.data_dir` (IDX files) or tensorflow-datasets.
-  Returns the final state and the final test metrics.
+  Figures go to the log, `metrics.jsonl` and TensorBoard (`monitor`), and to
+  terminal progress bars with `progress_bar`. Returns the final state and the
+  final test metrics.
   """
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise FlaxMnistError(f'{workdir}: cannot create the workdir ({e.strerror})') from None
-  with workdirs.locked(workdir), checkpoint.Checkpointer(
-      workdir, config.max_checkpoints) as ckpt:
+  with (workdirs.locked(workdir),
+        checkpoint.Checkpointer(workdir, config.max_checkpoints) as ckpt,
+        monitor.TrainMonitor(workdir, progress_bar) as log):
     # A refused resume should not wait for the data to load.
     state, record = _start(config, ckpt, workdir)
     if data is None:
@@ -220,6 +227,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                               json.dumps(config.to_dict(), indent=2))
     steps_per_epoch = config.steps_per_epoch(num_train)
     total_steps = config.total_steps(num_train)
+    log.start(metrics_log, config, step, total_steps)
     train = input_pipeline.to_device(data.train_images, data.train_labels)
     test, eval_batch_size = _test_split(data, config)
     # Compiled now: run eagerly at the first log line, its many small ops
@@ -288,7 +296,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
             logger.info('step %d, training accuracy %g, loss %.4f%s', first + i,
                         metrics['accuracy'][i], metrics['loss'][i],
                         _speed(rate, (total_steps - step) * config.batch_size))
-            metrics_log.write(step=first + i,
+            log.train_metrics(step=first + i,
                               train_accuracy=float(metrics['accuracy'][i]),
                               train_loss=float(metrics['loss'][i]),
                               learning_rate=float(schedule(first + i)),
@@ -296,7 +304,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
         if config.eval_every and step % config.eval_every == 0 and step < total_steps:
           with clock.paused(state):
             finite.check()
-            _evaluate_and_log(state, test, eval_batch_size, metrics_log, step,
+            _evaluate_and_log(state, test, eval_batch_size, log, step,
                               train_seconds=clock.seconds)
         if step % config.checkpoint_every == 0 or step == total_steps:
           save()
@@ -309,7 +317,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
             f'{ckpt.directory}: run the same command to resume',
             stop.signal_number)
     ckpt.wait()
-    results = _evaluate_and_log(state, test, eval_batch_size, metrics_log, step,
+    results = _evaluate_and_log(state, test, eval_batch_size, log, step,
                                 train_seconds=clock.read(state),
                                 compile_seconds=compile_seconds)
   return state, results
@@ -450,13 +458,14 @@ def restore_workdir(workdir: str) -> tuple[configs.Config, TrainState]:
   return config, state
 
 
-def _evaluate_and_log(state, test, batch_size, metrics_log, step, **timings
-                      ) -> dict[str, Any]:
-  results = {'step': step, **evaluate(state, test, batch_size), **timings}
+def _evaluate_and_log(state, test, batch_size, log: monitor.TrainMonitor, step,
+                      **timings) -> dict[str, Any]:
+  results = {'step': step, **evaluate(state, test, batch_size, log.progress_bar),
+             **timings}
   logger.info('step %d, test accuracy %g, test loss %.4f (%d images)', step,
               results['test_accuracy'], results['test_loss'],
               results['num_examples'])
-  metrics_log.write(**results)
+  log.test_metrics(state, test, batch_size, results)
   return results
 
 
@@ -493,8 +502,9 @@ def _step_of(line: str) -> int | None:
     return None
 
 
-def evaluate_workdir(workdir: str, **data_fields) -> dict[str, Any]:
-  """Test metrics of `workdir`'s latest checkpoint.
+def restore_with_data(workdir: str, **data_fields
+                      ) -> tuple[configs.Config, TrainState, input_pipeline.Mnist]:
+  """`workdir`'s latest config and state, and the data to evaluate it on.
 
   `data_fields` (`data_dir`, `tfds_data_dir`, `verify_data`) replace the run's
   own; by default the data the run was trained on is read.
@@ -503,7 +513,14 @@ def evaluate_workdir(workdir: str, **data_fields) -> dict[str, Any]:
   if 'data_dir' in data_fields or 'tfds_data_dir' in data_fields:
     data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
   config = dataclasses.replace(config, **data_fields)
-  data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                             config.verify_data)
+  return config, state, input_pipeline.load(config.data_dir, config.tfds_data_dir,
+                                            config.verify_data)
+
+
+def evaluate_workdir(workdir: str, *, progress_bar: bool = False, **data_fields
+                     ) -> dict[str, Any]:
+  """Test metrics of `workdir`'s latest checkpoint, on the data that
+  `restore_with_data` picks."""
+  config, state, data = restore_with_data(workdir, **data_fields)
   test, batch_size = _test_split(data, config)
-  return {'step': int(state.step), **evaluate(state, test, batch_size)}
+  return {'step': int(state.step), **evaluate(state, test, batch_size, progress_bar)}

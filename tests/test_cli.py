@@ -13,8 +13,8 @@ def _run(*args, timeout=300):
                         capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
-@pytest.mark.parametrize('args', [[], ['train'], ['eval'], ['summary'], ['data'],
-                                  ['data', 'prepare'], ['data', 'verify']])
+@pytest.mark.parametrize('args', [[], ['train'], ['eval'], ['summary'], ['report'],
+                                  ['data'], ['data', 'prepare'], ['data', 'verify']])
 def test_help_everywhere(args, capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main([*args, '--help'])

@@ -1,0 +1,136 @@
+"""Where a training run's figures go: metrics.jsonl, TensorBoard, a progress bar.
+
+The training loop hands each logged step and each evaluation to one
+`TrainMonitor`, which writes them to `metrics.jsonl`, to TensorBoard event
+files in `WORKDIR/tensorboard/` (through tensorboardX, without TensorFlow;
+skipped with a warning where tensorboardX is not installed), and to the
+progress bar when one is drawn.
+
+Tags: `train/loss`, `train/accuracy`, `learning_rate`, `images_per_second`
+at each log line; `test/loss`, `test/accuracy` and the image
+`test/mistakes` (the most confident misclassified test digits) at each
+evaluation; the config as TensorBoard hparams, with the test metrics.
+"""
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from flax_mnist import configs
+from flax_mnist import input_pipeline
+from flax_mnist import mistakes
+from flax_mnist import progress
+from flax_mnist.errors import FlaxMnistError
+
+logger = logging.getLogger(__name__)
+
+TENSORBOARD_DIR = 'tensorboard'
+# The misclassified test digits shown at each evaluation.
+MISTAKE_ROWS, MISTAKE_COLUMNS, MISTAKE_SCALE = 4, 8, 2
+_HPARAM_METRICS = ('test/accuracy', 'test/loss')
+
+
+class TrainMonitor:
+  """Fans a run's figures out; `start` it once the first step is known."""
+
+  def __init__(self, workdir: str, progress_bar: bool = False):
+    self.workdir = workdir
+    self.progress_bar = progress_bar
+    self._metrics_log = None
+    self._writer = None
+    self._bar = progress.NoBar()
+    self._step = 0
+    self._closing = contextlib.ExitStack()
+
+  def start(self, metrics_log, config: configs.Config, step: int,
+            total_steps: int) -> None:
+    """Begins at `step`: a resumed run replaces what was logged from there."""
+    self._metrics_log = metrics_log
+    self._step = step
+    self._writer = _open_writer(os.path.join(self.workdir, TENSORBOARD_DIR), step)
+    if self._writer is not None:
+      self._closing.callback(self._writer.close)
+      from tensorboardX import summary
+      experiment, session_start, session_end = summary.hparams(
+          config.to_dict(), dict.fromkeys(_HPARAM_METRICS))
+      self._writer.file_writer.add_summary(experiment, step)
+      self._writer.file_writer.add_summary(session_start, step)
+      self._session_end = session_end
+    if step < total_steps:
+      self._bar = self._closing.enter_context(progress.bar(
+          self.progress_bar, total_steps, 'train', 'steps', initial=step))
+
+  def train_metrics(self, *, step: int, train_accuracy: float, train_loss: float,
+                    learning_rate: float, images_per_second: float | None) -> None:
+    """One logged training step (its batch's figures before the update)."""
+    self._metrics_log.write(step=step, train_accuracy=train_accuracy,
+                            train_loss=train_loss, learning_rate=learning_rate,
+                            images_per_second=images_per_second)
+    self._scalars(step, {'train/accuracy': train_accuracy, 'train/loss': train_loss,
+                         'learning_rate': learning_rate,
+                         'images_per_second': images_per_second})
+    speed = f'{images_per_second:.0f} images/s, ' if images_per_second else ''
+    self._bar.set_postfix_str(
+        f'{speed}loss {train_loss:.4f}, accuracy {train_accuracy:.3g}',
+        refresh=False)
+    # The logged step is done; the bar trails the device by one dispatch at most.
+    self._bar.update(step + 1 - self._bar.n)
+
+  def test_metrics(self, state, test: input_pipeline.Split, batch_size: int,
+                   results: dict[str, Any]) -> None:
+    """One evaluation's `results`; `state` and `test` show its mistakes."""
+    self._metrics_log.write(**results)
+    step = self._step = results['step']
+    self._scalars(step, {'test/accuracy': results['test_accuracy'],
+                         'test/loss': results['test_loss']})
+    if self._writer is not None:
+      # A second pass over the test set: `evaluate` keeps only sums, and
+      # evaluations are rare (the end, or every `eval_every` steps).
+      logits = mistakes.split_logits(state, test, batch_size, self.progress_bar)
+      labels = np.asarray(test.labels_N)[np.asarray(test.mask_N)]
+      sheet = mistakes.sheet(test.images_NHWC, labels, logits, rows=MISTAKE_ROWS,
+                             columns=MISTAKE_COLUMNS, scale=MISTAKE_SCALE)
+      self._writer.add_image('test/mistakes', np.asarray(sheet)[:, :, None], step,
+                             dataformats='HWC')
+      self._writer.flush()
+    self._bar.update(step - self._bar.n)
+
+  def _scalars(self, step: int, values: dict[str, float | None]) -> None:
+    if self._writer is not None:
+      for tag, value in values.items():
+        if value is not None:
+          self._writer.add_scalar(tag, value, step)
+
+  def __enter__(self) -> 'TrainMonitor':
+    return self
+
+  def __exit__(self, kind, *exc) -> None:
+    if self._writer is not None and kind is None:
+      # Marks the hparams session finished; an interrupted one stays open.
+      self._writer.file_writer.add_summary(self._session_end, self._step)
+    try:
+      self._closing.__exit__(kind, *exc)
+    except OSError as e:
+      # An error on its way out (say a full disk at a checkpoint) is the one
+      # to report, not the event file's flush that follows from it.
+      if kind is None:
+        raise FlaxMnistError(f'{self.workdir}/{TENSORBOARD_DIR}: cannot write '
+                             f'the event file ({e.strerror})') from None
+
+
+def _open_writer(logdir: str, step: int):
+  """A tensorboardX writer that starts the event files over from `step`."""
+  try:
+    import tensorboardX
+  except ImportError:
+    logger.warning('tensorboardX is not installed: no TensorBoard event files '
+                   '(pip install tensorboardX)')
+    return None
+  # TensorBoard drops earlier files' events from `purge_step` on, so a resumed
+  # run's steps are not shown twice. The start step in the file name orders
+  # files that open within the same second (the name holds whole seconds).
+  return tensorboardX.SummaryWriter(logdir, purge_step=step,
+                                    filename_suffix=f'.{step:09d}')
