@@ -83,12 +83,20 @@ class Checkpointer:
           record=ocp.args.JsonSave(record),
           digest=ocp.args.JsonSave(digest)), force=True)
 
-  def restore_record(self, step: int | None = None) -> dict:
-    """The JSON record (config, data position) of `step`, default the latest."""
+  def restore_record(self, step: int | None = None,
+                     schema: dict[str, type] | None = None) -> dict:
+    """The JSON record (config, data position) of `step`, default the latest;
+    one without a value of each `schema` key's type is an error."""
     step = self._resolve(step)
     with self._failing_restore(step):
-      return self._manager.restore(step, args=ocp.args.Composite(
+      record = self._manager.restore(step, args=ocp.args.Composite(
           record=ocp.args.JsonRestore()))['record']
+    wrong = [key for key, kind in (schema or {}).items()
+             if not isinstance(_get(record, key), kind)]
+    if wrong:
+      raise FlaxMnistError(f'{self.directory}/{step}: damaged checkpoint (its '
+                           f'record has no valid {", ".join(wrong)})')
+    return record
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[Any, dict]:
@@ -96,7 +104,7 @@ class Checkpointer:
     step = self._resolve(step)
     with self._failing_restore(step):
       saved = self._manager.item_metadata(step)['state']
-    mismatch = _mismatch(saved.tree, abstract_state)
+    mismatch = _mismatch(getattr(saved, 'tree', None), abstract_state)
     if mismatch:
       raise FlaxMnistError(f'{self.directory}/{step}: this checkpoint does not '
                            f'fit the model and optimizer asked for: {mismatch}')
@@ -107,7 +115,7 @@ class Checkpointer:
       items['digest'] = ocp.args.JsonRestore()
     with self._failing_restore(step):
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    if 'digest' in items and restored['digest']['sha256'] != state_digest(
+    if 'digest' in items and _get(restored['digest'], 'sha256') != state_digest(
         restored['state']):
       raise FlaxMnistError(
           f'{self.directory}/{step}: damaged checkpoint (its arrays do not match '
@@ -180,6 +188,11 @@ class _wrapped:
     if not isinstance(error, Exception):
       return False
     raise FlaxMnistError(self.describe(error)) from error
+
+
+def _get(record: Any, key: str) -> Any:
+  """`record[key]`, or None where a damaged record is not even a JSON object."""
+  return record.get(key) if isinstance(record, dict) else None
 
 
 def _first_line(error: BaseException) -> str:

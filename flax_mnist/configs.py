@@ -114,6 +114,8 @@ class Config:
   @classmethod
   def from_dict(cls, values: dict) -> 'Config':
     """A config from `to_dict` output; unknown keys are an error."""
+    if not isinstance(values, dict):
+      raise ConfigError(f'a config is a mapping of fields to values, got {values!r:.80}')
     unknown = set(values) - set(_field_types())
     if unknown:
       raise ConfigError(f'unknown config field(s) {", ".join(sorted(unknown))}; '

@@ -13,8 +13,10 @@ evaluation; the config as TensorBoard hparams, with the test metrics.
 """
 
 import contextlib
+import json
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -23,10 +25,12 @@ from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import mistakes
 from flax_mnist import progress
+from flax_mnist import workdirs
 from flax_mnist.errors import FlaxMnistError
 
 logger = logging.getLogger(__name__)
 
+METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 # The misclassified test digits shown at each evaluation.
 MISTAKE_ROWS, MISTAKE_COLUMNS, MISTAKE_SCALE = 4, 8, 2
@@ -45,10 +49,10 @@ class TrainMonitor:
     self._step = 0
     self._closing = contextlib.ExitStack()
 
-  def start(self, metrics_log, config: configs.Config, step: int,
-            total_steps: int) -> None:
+  def start(self, config: configs.Config, step: int, total_steps: int) -> None:
     """Begins at `step`: a resumed run replaces what was logged from there."""
-    self._metrics_log = metrics_log
+    self._metrics_log = MetricsLog(os.path.join(self.workdir, METRICS_FILE))
+    self._metrics_log.drop_from(step)
     self._step = step
     self._writer = _open_writer(os.path.join(self.workdir, TENSORBOARD_DIR), step)
     if self._writer is not None:
@@ -134,3 +138,40 @@ def _open_writer(logdir: str, step: int):
   # files that open within the same second (the name holds whole seconds).
   return tensorboardX.SummaryWriter(logdir, purge_step=step,
                                     filename_suffix=f'.{step:09d}')
+
+
+class MetricsLog:
+  """One JSON object per line in `path`, appended and flushed at once."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def write(self, **values) -> None:
+    try:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'time': time.time(), **values}) + '\n')
+    except OSError as e:
+      raise FlaxMnistError(f'{self.path}: cannot write ({e.strerror})') from None
+
+  def entries(self) -> list[dict[str, Any]]:
+    """Every entry, in order; a line cut short by a killed process is skipped."""
+    try:
+      with open(self.path) as f:
+        return [entry for entry in map(_entry, f) if entry is not None]
+    except OSError as e:
+      raise FlaxMnistError(f'{self.path}: cannot read ({e.strerror})') from None
+
+  def drop_from(self, step: int) -> None:
+    """Forgets entries from `step` on: a run resumed there logs them again."""
+    if os.path.exists(self.path):
+      workdirs.write_atomically(self.path, ''.join(
+          json.dumps(entry) + '\n' for entry in self.entries()
+          if entry['step'] < step))
+
+
+def _entry(line: str) -> dict[str, Any] | None:
+  try:
+    entry = json.loads(line) if line.endswith('\n') else None
+  except ValueError:
+    return None
+  return entry if isinstance(entry, dict) and 'step' in entry else None

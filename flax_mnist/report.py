@@ -9,7 +9,6 @@ state), imported only here.
 """
 
 import html
-import json
 import os
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from flax_mnist import graph
 from flax_mnist import mistakes
+from flax_mnist import monitor
 from flax_mnist import train
 from flax_mnist.errors import FlaxMnistError
 
@@ -90,13 +90,7 @@ def write_report(workdir: str, out: str | None = None, *,
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The entries of `WORKDIR/metrics.jsonl`, in order."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  try:
-    with open(path) as f:
-      return [json.loads(line) for line in f]
-  except OSError as e:
-    raise FlaxMnistError(
-        f"{path}: cannot read the run's metrics ({e.strerror})") from None
+  return monitor.MetricsLog(os.path.join(workdir, monitor.METRICS_FILE)).entries()
 
 
 def confusion_matrix(labels_N: np.ndarray, predicted_N: np.ndarray) -> np.ndarray:

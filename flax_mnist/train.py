@@ -34,6 +34,9 @@ from flax_mnist.errors import (ConfigError, FlaxMnistError, TrainingDiverged,
 
 logger = logging.getLogger(__name__)
 
+# What a checkpoint's record must hold to be restored.
+_RECORD = {'config': dict, 'num_train': int}
+
 # fold_in constants that split the root key into independent streams.
 _INIT, _DROPOUT, _DATA = 0, 1, 2
 
@@ -221,13 +224,11 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                         len(ckpt.all_steps()))
     epoch, index = record['data_position'] if record else (0, 0)
     step = int(state.step)
-    metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
-    metrics_log.drop_from(step)
     workdirs.write_atomically(os.path.join(workdir, 'config.json'),
                               json.dumps(config.to_dict(), indent=2))
     steps_per_epoch = config.steps_per_epoch(num_train)
     total_steps = config.total_steps(num_train)
-    log.start(metrics_log, config, step, total_steps)
+    log.start(config, step, total_steps)
     train = input_pipeline.to_device(data.train_images, data.train_labels)
     test, eval_batch_size = _test_split(data, config)
     # Compiled now: run eagerly at the first log line, its many small ops
@@ -421,7 +422,7 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
   """(None, None) for a new run, or the latest checkpoint's state and record."""
   if ckpt.latest_step() is None:
     return None, None
-  latest = ckpt.restore_record()
+  latest = ckpt.restore_record(schema=_RECORD | {'data_position': list})
   saved, num_train = configs.Config.from_dict(latest['config']), latest['num_train']
   if (saved.lr_schedule != 'constant' and
       saved.total_steps(num_train) != config.total_steps(num_train)):
@@ -445,7 +446,7 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
 def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
                   step: int | None = None) -> tuple[TrainState, dict]:
   """The state saved at `step` (default the latest) and its record."""
-  num_train = ckpt.restore_record(step)['num_train']
+  num_train = ckpt.restore_record(step, schema=_RECORD)['num_train']
   abstract = jax.eval_shape(lambda: create_train_state(config, num_train))
   return ckpt.restore(abstract, step)
 
@@ -453,7 +454,7 @@ def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
 def restore_workdir(workdir: str) -> tuple[configs.Config, TrainState]:
   """The config and state of `workdir`'s latest checkpoint."""
   with checkpoint.Checkpointer(workdir, read_only=True) as ckpt:
-    config = configs.Config.from_dict(ckpt.restore_record()['config'])
+    config = configs.Config.from_dict(ckpt.restore_record(schema=_RECORD)['config'])
     state, _ = restore_state(ckpt, config)
   return config, state
 
@@ -467,39 +468,6 @@ def _evaluate_and_log(state, test, batch_size, log: monitor.TrainMonitor, step,
               results['num_examples'])
   log.test_metrics(state, test, batch_size, results)
   return results
-
-
-class MetricsLog:
-  """One JSON object per line in `path`, appended and flushed at once."""
-
-  def __init__(self, path: str):
-    self.path = path
-
-  def write(self, **values) -> None:
-    try:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps({'time': time.time(), **values}) + '\n')
-    except OSError as e:
-      raise FlaxMnistError(f'{self.path}: cannot write ({e.strerror})') from None
-
-  def drop_from(self, step: int) -> None:
-    """Forgets entries from `step` on: a run resumed there logs them again.
-
-    A line cut short by a killed process is dropped too.
-    """
-    if not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      kept = [line for line in f
-              if (logged := _step_of(line)) is not None and logged < step]
-    workdirs.write_atomically(self.path, ''.join(kept))
-
-
-def _step_of(line: str) -> int | None:
-  try:
-    return json.loads(line)['step'] if line.endswith('\n') else None
-  except (ValueError, KeyError, TypeError):
-    return None
 
 
 def restore_with_data(workdir: str, **data_fields

@@ -6,6 +6,7 @@ loader `FlaxMnistError`; anything else escaping is a bug.
 
 import gzip
 import io
+import os
 import shutil
 import tempfile
 
@@ -20,7 +21,9 @@ from conftest import synthetic_split
 from flax_mnist import checkpoint, configs, idx, preprocess, train
 from flax_mnist.errors import DataError, FlaxMnistError
 
-FUZZ = settings(max_examples=150, deadline=None,
+# Examples per fuzzed input (FLAX_MNIST_FUZZ_EXAMPLES for a longer search).
+EXAMPLES = int(os.environ.get('FLAX_MNIST_FUZZ_EXAMPLES', 150))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 IMAGES = idx.FILES['test_images']
 
@@ -70,8 +73,7 @@ def saved_run(tmp_path_factory):
   return workdir, state, files
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(FUZZ, max_examples=max(10, EXAMPLES // 4))
 @given(data=st.data())
 def test_checkpoint_loader(saved_run, data):
   """One file of a checkpoint damaged: a clear error, or the very same state."""

@@ -93,3 +93,15 @@ def test_training_without_tensorboardx_warns_once(tiny_mnist, tmp_path, monkeypa
   assert len(warnings) == 1 and 'pip install tensorboardX' in warnings[0].message
   assert not os.path.exists(tmp_path / monitor.TENSORBOARD_DIR)
   assert _metrics(tmp_path)[-1]['test_accuracy'] == results['test_accuracy']
+
+
+def test_metrics_log_skips_a_line_cut_short_and_drops_from_a_step(tmp_path):
+  log = monitor.MetricsLog(str(tmp_path / monitor.METRICS_FILE))
+  for step in (0, 10, 20):
+    log.write(step=step, train_loss=1.0 / (step + 1))
+  with open(log.path, 'a') as f:
+    f.write('{"step": 30, "train_lo')  # A process killed mid-write.
+  assert [e['step'] for e in log.entries()] == [0, 10, 20]
+  log.drop_from(10)
+  assert [e['step'] for e in log.entries()] == [0]
+  assert open(log.path).read().count('\n') == 1
