@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -24,9 +25,11 @@ from flax_mnist import checkpoint
 from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import models
+from flax_mnist import parallel
 from flax_mnist.errors import ConfigError, FlaxMnistError
 
 logger = logging.getLogger(__name__)
+logger.addFilter(parallel.PrimaryLogsOnly())
 
 # fold_in constants that split the root key into independent streams.
 _INIT, _DROPOUT, _DATA = 0, 1, 2
@@ -101,17 +104,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
 
 
 @functools.partial(jax.jit, donate_argnums=0,
-                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch'))
+                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch',
+                                    'batch_sharding'))
 def train_steps(state: TrainState, train: input_pipeline.Split,
                 orders_2N: jax.Array, index: int | jax.Array,
                 dropout_key: jax.Array, *, num_steps: int, batch_size: int,
-                steps_per_epoch: int) -> tuple[TrainState, dict[str, jax.Array]]:
+                steps_per_epoch: int,
+                batch_sharding: jax.sharding.Sharding | None = None
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """`num_steps` train steps in one dispatch, from batch `index` of an epoch.
 
   `orders_2N` holds this epoch's order and the next one's, so the steps may
   cross one epoch boundary (`num_steps <= steps_per_epoch`). Step `s` drops
   out with `fold_in(dropout_key, s)`, as the step-by-step loop does. Returns
-  the metrics of every step, stacked.
+  the metrics of every step, stacked. With `batch_sharding` each batch is
+  split over its devices and the metrics are the global batch's.
   """
 
   def one_step(state, position):
@@ -119,7 +126,7 @@ def train_steps(state: TrainState, train: input_pipeline.Split,
     start = ((position // steps_per_epoch) * orders_2N.shape[1] +
              (position % steps_per_epoch) * batch_size)
     ids = jax.lax.dynamic_slice_in_dim(orders_2N.reshape(-1), start, batch_size)
-    batch = input_pipeline.gather(train, ids)
+    batch = input_pipeline.gather(train, ids, batch_sharding)
     return train_step(state, batch, jax.random.fold_in(dropout_key, state.step))
 
   if num_steps == 1:
@@ -158,13 +165,23 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
 
 def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int
              ) -> dict[str, float]:
-  """Loss and accuracy over every example of `split` (padded by `to_device`)."""
+  """Loss and accuracy over every example of `split` (padded by `to_device`).
+
+  A split replicated over a mesh (`DataParallel.replicate`) is evaluated with
+  each batch split over the mesh's devices.
+  """
   if len(split.labels_N) % batch_size:
     raise ValueError(f'{len(split.labels_N)} rows do not split into batches of '
                      f'{batch_size}: pad with to_device(..., multiple={batch_size})')
-  order = jnp.arange(len(split.labels_N))
-  sums = [eval_step(state, input_pipeline.batch_at(split, order, i, batch_size))
-          for i in range(len(order) // batch_size)]
+  dp = parallel.DataParallel.of(split.labels_N)
+  if batch_size % dp.size:
+    raise ValueError(f'batches of {batch_size} do not split over {dp.size} devices')
+  order = dp.replicate(np.arange(len(split.labels_N)))
+  in_flight, sums = parallel.InFlight(), []
+  for i in range(len(split.labels_N) // batch_size):
+    sums.append(eval_step(state, input_pipeline.batch_at(split, order, i, batch_size,
+                                                         dp.batch)))
+    in_flight.add(sums[-1])
   total = jax.device_get(jax.tree_util.tree_map(lambda *x: sum(x), *sums))
   count = int(total['count'])
   return {'test_accuracy': float(total['correct']) / count,
@@ -172,12 +189,17 @@ def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int
           'num_examples': count}
 
 
-def _test_split(data: input_pipeline.Mnist, config: configs.Config
+def _test_split(data: input_pipeline.Mnist, config: configs.Config,
+                dp: parallel.DataParallel = parallel.DataParallel()
                 ) -> tuple[input_pipeline.Split, int]:
-  """The test split on device, padded for the eval batch size, and that size."""
-  batch_size = min(config.eval_batch_size, len(data.test_labels))
-  return (input_pipeline.to_device(data.test_images, data.test_labels, batch_size),
-          batch_size)
+  """The test split on device, padded for the eval batch size, and that size.
+
+  The eval batch is rounded up to split over `dp`'s devices: padded rows are
+  not counted, so the results do not change.
+  """
+  batch_size = -(-min(config.eval_batch_size, len(data.test_labels)) // dp.size) * dp.size
+  return (input_pipeline.to_device(data.test_images, data.test_labels, batch_size,
+                                   dp.replicated), batch_size)
 
 
 def train_and_evaluate(config: configs.Config, workdir: str,
@@ -192,9 +214,10 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise FlaxMnistError(f'{workdir}: cannot create the workdir ({e.strerror})') from None
+  dp = parallel.DataParallel.create(config.num_devices, config.batch_size)
   with checkpoint.Checkpointer(workdir, config.max_checkpoints) as ckpt:
     # A refused resume should not wait for the data to load.
-    state, record = _start(config, ckpt, workdir)
+    state, record = _start(config, ckpt, workdir, dp)
     if data is None:
       data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
                                  config.verify_data)
@@ -204,17 +227,20 @@ def train_and_evaluate(config: configs.Config, workdir: str,
           f'{workdir} was trained on {record["num_train"]} examples, this data '
           f'has {num_train}: resume with the same data, or use a new --workdir')
     if state is None:
-      state = create_train_state(config, num_train)
+      state = dp.replicate(create_train_state(config, num_train))
     epoch, index = record['data_position'] if record else (0, 0)
     step = int(state.step)
-    metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
+    metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'),
+                             parallel.is_primary())
     metrics_log.drop_from(step)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config.to_dict(), f, indent=2)
+    if parallel.is_primary():
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump(config.to_dict(), f, indent=2)
     steps_per_epoch = config.steps_per_epoch(num_train)
     total_steps = config.total_steps(num_train)
-    train = input_pipeline.to_device(data.train_images, data.train_labels)
-    test, eval_batch_size = _test_split(data, config)
+    train = input_pipeline.to_device(data.train_images, data.train_labels,
+                                     sharding=dp.replicated)
+    test, eval_batch_size = _test_split(data, config, dp)
     # Compiled now: run eagerly at the first log line, its many small ops
     # would each compile there, inside the training time.
     schedule = jax.jit(learning_rate_schedule(config, total_steps))
@@ -224,7 +250,11 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     if step < total_steps:
       logger.info('training %s for %d steps (%d per epoch) from step %d',
                   config.model, total_steps, steps_per_epoch, step)
+    if dp.size > 1:
+      logger.info('each batch split over %d %s devices (%d processes)', dp.size,
+                  jax.default_backend(), jax.process_count())
     chunk = steps_per_dispatch(config)
+    in_flight = parallel.InFlight()
     orders_epoch, orders = None, None
     clock = _TrainClock(record.get('train_seconds', 0.0) if record else 0.0)
     compiled, compile_seconds = set(), 0.0
@@ -240,7 +270,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                                  (config.eval_every, config.checkpoint_every))
       args = (state, train, orders, index, dropout_key)
       kwargs = dict(num_steps=num_steps, batch_size=config.batch_size,
-                    steps_per_epoch=steps_per_epoch)
+                    steps_per_epoch=steps_per_epoch, batch_sharding=dp.batch)
       if num_steps in compiled:
         state, metrics = train_steps(*args, **kwargs)
       else:
@@ -251,6 +281,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
           state, metrics = jax.block_until_ready(train_steps(*args, **kwargs))
           compile_seconds += time.perf_counter() - start
         compiled.add(num_steps)
+      in_flight.add(metrics)
       first, step, index = step, step + num_steps, index + num_steps
       if index > steps_per_epoch:
         epoch, index = epoch + 1, index - steps_per_epoch
@@ -333,8 +364,8 @@ def _speed(images_per_second: float | None, images_left: int) -> str:
   return f' ({images_per_second:.0f} images/s, {minutes}:{seconds:02d} left)'
 
 
-def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
-           ) -> tuple[TrainState, dict | None]:
+def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str,
+           dp: parallel.DataParallel) -> tuple[TrainState, dict | None]:
   """(None, None) for a new run, or the latest checkpoint's state and record."""
   if ckpt.latest_step() is None:
     return None, None
@@ -354,17 +385,22 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
         f'{workdir} holds a run with another config ({"; ".join(changed)}); '
         'use a new --workdir, or change only: '
         f'{", ".join(sorted(configs.RESUMABLE_FIELDS))}')
-  state, record = restore_state(ckpt, config)
+  state, record = restore_state(ckpt, config, dp=dp)
   logger.info('resuming from the checkpoint at step %d', int(state.step))
   return state, record
 
 
 def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
-                  step: int | None = None) -> tuple[TrainState, dict]:
-  """The state saved at `step` (default the latest) and its record."""
+                  step: int | None = None,
+                  dp: parallel.DataParallel = parallel.DataParallel()
+                  ) -> tuple[TrainState, dict]:
+  """The state saved at `step` (default the latest) and its record.
+
+  The state goes on `dp`'s devices, whatever device count saved it.
+  """
   num_train = ckpt.restore_record(step)['num_train']
   abstract = jax.eval_shape(lambda: create_train_state(config, num_train))
-  return ckpt.restore(abstract, step)
+  return ckpt.restore(dp.abstract(abstract), step)
 
 
 def restore_workdir(workdir: str) -> tuple[configs.Config, TrainState]:
@@ -386,18 +422,24 @@ def _evaluate_and_log(state, test, batch_size, metrics_log, step, **timings
 
 
 class MetricsLog:
-  """One JSON object per line in `path`, appended and flushed at once."""
+  """One JSON object per line in `path`, appended and flushed at once.
 
-  def __init__(self, path: str):
+  With `enabled` False (processes other than the first) nothing is written.
+  """
+
+  def __init__(self, path: str, enabled: bool = True):
     self.path = path
+    self.enabled = enabled
 
   def write(self, **values) -> None:
+    if not self.enabled:
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps({'time': time.time(), **values}) + '\n')
 
   def drop_from(self, step: int) -> None:
     """Forgets entries from `step` on: a run resumed there logs them again."""
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       kept = [line for line in f if json.loads(line)['step'] < step]
