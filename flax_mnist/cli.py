@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 from flax_mnist import configs
 from flax_mnist.errors import FlaxMnistError
@@ -216,17 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     return command(args)
   except FlaxMnistError as e:
     print(f'flax-mnist: error: {e}', file=sys.stderr)
-    return 2
+    return _end_process(2)
   except KeyboardInterrupt:
     print('flax-mnist: interrupted', file=sys.stderr)
-    return 130
+    return _end_process(130)
   except Exception as e:
+    if not _distributed():
+      raise
     from flax_mnist import parallel
     message = parallel.lost_process_message(e)
-    if message is None:
-      raise
-    print(f'flax-mnist: error: {message}', file=sys.stderr, flush=True)
+    print(f'flax-mnist: error: {message}' if message else traceback.format_exc(),
+          file=sys.stderr)
+    return _end_process(2 if message else 1)
+
+
+def _distributed() -> bool:
+  """Whether this process joined a multi-process run (JAX loaded lazily)."""
+  return 'jax' in sys.modules and sys.modules['jax'].distributed.is_initialized()
+
+
+def _end_process(code: int) -> int:
+  """`code`; a failed process of a multi-process run exits at once.
+
+  A normal exit would wait at JAX's shutdown barrier for the other processes,
+  which this failure stops, until a timeout, then abort.
+  """
+  if _distributed():
     sys.stdout.flush()
-    # A normal exit would wait for the lost process at JAX's shutdown
-    # barrier until the heartbeat timeout, then abort.
-    os._exit(2)
+    sys.stderr.flush()
+    os._exit(code)
+  return code

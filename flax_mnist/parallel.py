@@ -38,14 +38,13 @@ def initialize(coordinator_address: str | None = None,
   FLAX_MNIST_NUM_PROCESSES, FLAX_MNIST_PROCESS_ID and
   FLAX_MNIST_HEARTBEAT_TIMEOUT, then from JAX's own detection (Cloud TPU,
   Slurm, Open MPI). A process that stops sending heartbeats for
-  `heartbeat_timeout` seconds (default 100) makes the others fail.
+  `heartbeat_timeout` seconds (default 100) makes the others fail. CPUs
+  reduce across processes over TCP with gloo, JAX's default.
   """
   coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR)
   num_processes = _from_env(num_processes, ENV_NUM_PROCESSES)
   process_id = _from_env(process_id, ENV_PROCESS_ID)
   heartbeat_timeout = _from_env(heartbeat_timeout, ENV_HEARTBEAT)
-  # Processes on CPU reduce over TCP; JAX's default, named for older versions.
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   try:
     jax.distributed.initialize(
         coordinator_address, num_processes, process_id,
@@ -67,18 +66,18 @@ def _from_env(value: int | None, name: str) -> int | None:
 
 
 def _first_line(error: BaseException) -> str:
-  return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def lost_process_message(error: BaseException) -> str | None:
-  """One line on `error` when it is a runtime failure of a multi-process run.
+  """In a multi-process run, one line on `error` if XLA's runtime raised it.
 
   A process that dies breaks the others' next all-reduce: XLA raises
   JaxRuntimeError (or ValueError where the failed result is passed on) with
   a status code first, e.g. 'UNKNOWN: Gloo all-reduce failed: ...'.
   """
-  if not (jax.distributed.is_initialized() and
-          isinstance(error, (jax.errors.JaxRuntimeError, ValueError)) and
+  if not (isinstance(error, (jax.errors.JaxRuntimeError, ValueError)) and
           re.match(r'[A-Z_]+: ', str(error))):
     return None
   return (f'process {jax.process_index()} of {jax.process_count()} stopped: '
@@ -125,6 +124,14 @@ class DataParallel:
       return cls()
     return cls(jax.sharding.Mesh(np.array(devices[:count]), (DATA_AXIS,)))
 
+  @classmethod
+  def of(cls, array: jax.Array) -> 'DataParallel':
+    """The data parallelism `array` was replicated by (`replicate`)."""
+    sharding = array.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+      return cls(sharding.mesh)
+    return cls()
+
   @property
   def size(self) -> int:
     return 1 if self.mesh is None else self.mesh.size
@@ -139,14 +146,6 @@ class DataParallel:
     """Rows split over the devices, in order: process 0's devices first."""
     return None if self.mesh is None else jax.sharding.NamedSharding(
         self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
-
-  @classmethod
-  def of(cls, array: jax.Array) -> 'DataParallel':
-    """The data parallelism `array` was replicated by (`replicate`)."""
-    sharding = array.sharding
-    if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
-      return cls(sharding.mesh)
-    return cls()
 
   def replicate(self, tree: Any) -> Any:
     """`tree`'s arrays (the same in every process) on every device.
