@@ -178,11 +178,13 @@ class InFlight:
 
   XLA:CPU launches each device's part of a multi-device program on one pool of
   max(cores, devices) threads, and a launch blocks while its device has 32
-  computations queued. The blocked launches then hold the threads that the
-  queued programs' all-reduces need: all devices wait forever (JAX 0.10).
+  programs queued. The blocked launches then hold the threads that the queued
+  programs' all-reduces need: all devices wait forever (JAX 0.10). So every
+  program must be paced: `limit` times the programs of a dispatch (a train
+  call; an eval batch's gather, step and sum) stays well under 32.
   """
 
-  def __init__(self, limit: int = 8):
+  def __init__(self, limit: int = 4):
     self._limit = limit
     self._pending = collections.deque()
 

@@ -163,6 +163,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
           'count': jnp.sum(mask)}
 
 
+@jax.jit
+def _add(a: Any, b: Any) -> Any:
+  return jax.tree_util.tree_map(jnp.add, a, b)
+
+
 def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int
              ) -> dict[str, float]:
   """Loss and accuracy over every example of `split` (padded by `to_device`).
@@ -177,12 +182,13 @@ def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int
   if batch_size % dp.size:
     raise ValueError(f'batches of {batch_size} do not split over {dp.size} devices')
   order = dp.replicate(np.arange(len(split.labels_N)))
-  in_flight, sums = parallel.InFlight(), []
+  in_flight, total = parallel.InFlight(), None
   for i in range(len(split.labels_N) // batch_size):
-    sums.append(eval_step(state, input_pipeline.batch_at(split, order, i, batch_size,
-                                                         dp.batch)))
-    in_flight.add(sums[-1])
-  total = jax.device_get(jax.tree_util.tree_map(lambda *x: sum(x), *sums))
+    sums = eval_step(state, input_pipeline.batch_at(split, order, i, batch_size,
+                                                    dp.batch))
+    total = sums if total is None else _add(total, sums)
+    in_flight.add(total)
+  total = jax.device_get(total)
   count = int(total['count'])
   return {'test_accuracy': float(total['correct']) / count,
           'test_loss': float(total['loss_sum']) / count,
