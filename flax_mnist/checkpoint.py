@@ -50,7 +50,8 @@ class Checkpointer:
         # orbax deletes them even when the newer save fails.
         options=ocp.CheckpointManagerOptions(
             create=not read_only))
-    if not read_only:
+    # One process cleans up for all: the folder is shared.
+    if not read_only and jax.process_index() == 0:
       self._remove_cut_short()
 
   def _remove_cut_short(self) -> None:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 from flax_mnist import configs
 from flax_mnist import progress
@@ -50,6 +51,23 @@ def _parser() -> argparse.ArgumentParser:
                      dest='overrides',
                      help='override a config field, e.g. --set steps=2000 '
                           f'(fields: {", ".join(configs.Config.__dataclass_fields__)})')
+  hosts = train.add_argument_group(
+      'several processes (hosts)',
+      'Run the same command in every process, with the workdir on a shared '
+      'file system; each process feeds its own devices. Unset options come '
+      'from FLAX_MNIST_COORDINATOR_ADDRESS, FLAX_MNIST_NUM_PROCESSES, '
+      'FLAX_MNIST_PROCESS_ID and FLAX_MNIST_HEARTBEAT_TIMEOUT, then from the '
+      'cluster (Cloud TPU, Slurm, Open MPI).')
+  hosts.add_argument('--distributed', action='store_true',
+                     help='join a multi-process run even with no option below '
+                          '(a TPU slice, Slurm, Open MPI)')
+  hosts.add_argument('--coordinator-address', metavar='HOST:PORT',
+                     help="process 0's address and a free port")
+  hosts.add_argument('--num-processes', type=int, metavar='N')
+  hosts.add_argument('--process-id', type=int, metavar='I',
+                     help='this process: 0 to N-1')
+  hosts.add_argument('--heartbeat-timeout', type=int, metavar='SECONDS',
+                     help='a process silent this long fails the run (default 100)')
 
   evaluate = commands.add_parser(
       'eval', parents=[data_source, output],
@@ -127,9 +145,14 @@ def _data_fields(args) -> dict:
 
 def _train(args) -> int:
   import dataclasses
-  from flax_mnist import train
+  from flax_mnist import parallel, train
   config = configs.apply_overrides(configs.get_preset(args.preset), args.overrides)
   config = dataclasses.replace(config, **_data_fields(args))
+  settings = (args.coordinator_address, args.num_processes, args.process_id,
+              args.heartbeat_timeout)
+  if (args.distributed or any(v is not None for v in settings) or
+      any(os.environ.get(name) for name in parallel.ENVIRONMENT)):
+    parallel.initialize(*settings)
   _use_compilation_cache()
   _, results = train.train_and_evaluate(config, args.workdir,
                                         progress_bar=_progress_bar(args))
@@ -248,7 +271,33 @@ def main(argv: list[str] | None = None) -> int:
     return 128 + e.signal_number
   except FlaxMnistError as e:
     print(f'flax-mnist: error: {e}', file=sys.stderr)
-    return 2
+    return _end_process(2)
   except KeyboardInterrupt:
     print('flax-mnist: interrupted', file=sys.stderr)
-    return 130
+    return _end_process(130)
+  except Exception as e:
+    if not _distributed():
+      raise
+    from flax_mnist import parallel
+    message = parallel.lost_process_message(e)
+    print(f'flax-mnist: error: {message}' if message else traceback.format_exc(),
+          file=sys.stderr)
+    return _end_process(2 if message else 1)
+
+
+def _distributed() -> bool:
+  """Whether this process joined a multi-process run (JAX loaded lazily)."""
+  return 'jax' in sys.modules and sys.modules['jax'].distributed.is_initialized()
+
+
+def _end_process(code: int) -> int:
+  """`code`; a failed process of a multi-process run exits at once.
+
+  A normal exit would wait at JAX's shutdown barrier for the other processes,
+  which this failure stops, until a timeout, then abort.
+  """
+  if _distributed():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code

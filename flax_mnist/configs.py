@@ -20,9 +20,9 @@ LR_SCHEDULES = ('constant', 'cosine')
 
 # Fields a resumed run may change: they do not alter what a step computes.
 RESUMABLE_FIELDS = frozenset({
-    'steps', 'epochs', 'steps_per_dispatch', 'log_every', 'eval_every', 'checkpoint_every',
-    'max_checkpoints', 'eval_batch_size', 'data_dir', 'tfds_data_dir',
-    'verify_data'})
+    'steps', 'epochs', 'steps_per_dispatch', 'num_devices', 'log_every',
+    'eval_every', 'checkpoint_every', 'max_checkpoints', 'eval_batch_size',
+    'data_dir', 'tfds_data_dir', 'verify_data'})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,10 @@ class Config:
   # Training steps per jitted call (0: the backend's best, see
   # train.steps_per_dispatch); the result does not depend on it.
   steps_per_dispatch: int = 0
+  # Devices each batch is split over (data parallel; parallel.py): 0 for all
+  # of them, of every process. The result does not depend on it beyond float
+  # rounding, so a run may resume on another count.
+  num_devices: int = 0
   # Seed 1 is the median of the keras preset's seeds 0-4 (README).
   seed: int = 1
   log_every: int = 100
@@ -82,7 +86,7 @@ class Config:
         raise ConfigError(f'{field.name} must be finite, got {value}')
     if not 0 <= self.seed < 2**32:
       raise ConfigError(f'seed must be in [0, 2**32), got {self.seed}')
-    for name in ('eval_every', 'warmup_steps', 'steps_per_dispatch'):
+    for name in ('eval_every', 'warmup_steps', 'steps_per_dispatch', 'num_devices'):
       if getattr(self, name) < 0:
         raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)}')
     if self.steps is None and self.epochs is None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_mnist import idx
+from flax_mnist import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +70,21 @@ class Split(NamedTuple):
   mask_N: jax.Array
 
 
-def to_device(images: np.ndarray, labels: np.ndarray, multiple: int = 1
-              ) -> Split:
+def to_device(images: np.ndarray, labels: np.ndarray, multiple: int = 1,
+              sharding: jax.sharding.Sharding | None = None) -> Split:
   """The split on the default device, padded to a multiple of `multiple`.
 
   Padded rows have mask False, so evaluation can use equal-sized batches and
-  still count every real example exactly once.
+  still count every real example exactly once. With `sharding` (the same host
+  arrays in every process) the split is a global array laid out by it.
   """
   pad = -len(images) % multiple
   mask = np.arange(len(images) + pad) < len(images)
   images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
   labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-  return Split(*jax.device_put((images, labels, mask)))
+  if sharding is None:
+    return Split(*jax.device_put((images, labels, mask)))
+  return Split(*(parallel.put(x, sharding) for x in (images, labels, mask)))
 
 
 def normalize(images_BHWC: jax.Array) -> jax.Array:
@@ -96,15 +100,25 @@ def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array,
                                 num_examples)
 
 
-@functools.partial(jax.jit, static_argnames='batch_size')
+@functools.partial(jax.jit, static_argnames=('batch_size', 'sharding'))
 def batch_at(split: Split, order: jax.Array, index: int | jax.Array,
-             batch_size: int) -> dict[str, jax.Array]:
+             batch_size: int, sharding: jax.sharding.Sharding | None = None
+             ) -> dict[str, jax.Array]:
   """Batch `index` of the examples listed in `order`, normalized."""
   return gather(split, jax.lax.dynamic_slice_in_dim(order, index * batch_size,
-                                                    batch_size))
+                                                    batch_size), sharding)
 
 
-def gather(split: Split, ids: jax.Array) -> dict[str, jax.Array]:
-  """The examples `ids` of `split` as a batch, normalized."""
-  return {'image': normalize(split.images_NHWC[ids]),
-          'label': split.labels_N[ids], 'mask': split.mask_N[ids]}
+def gather(split: Split, ids: jax.Array,
+           sharding: jax.sharding.Sharding | None = None) -> dict[str, jax.Array]:
+  """The examples `ids` of `split` as a batch, normalized.
+
+  With `sharding` (inside `jit`) each device gathers only its own rows.
+  """
+  if sharding is not None:
+    ids = jax.lax.with_sharding_constraint(ids, sharding)
+  batch = {'image': normalize(split.images_NHWC[ids]),
+           'label': split.labels_N[ids], 'mask': split.mask_N[ids]}
+  if sharding is not None:
+    batch = jax.lax.with_sharding_constraint(batch, sharding)
+  return batch

@@ -19,6 +19,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from flax_mnist import configs
@@ -40,9 +41,12 @@ _HPARAM_METRICS = ('test/accuracy', 'test/loss')
 class TrainMonitor:
   """Fans a run's figures out; `start` it once the first step is known."""
 
-  def __init__(self, workdir: str, progress_bar: bool = False):
+  def __init__(self, workdir: str, progress_bar: bool = False,
+               primary: bool = True):
+    """Only the `primary` process of a multi-process run writes or draws."""
     self.workdir = workdir
-    self.progress_bar = progress_bar
+    self.progress_bar = progress_bar and primary
+    self.primary = primary
     self._metrics_log = None
     self._writer = None
     self._bar = progress.NoBar()
@@ -51,9 +55,11 @@ class TrainMonitor:
 
   def start(self, config: configs.Config, step: int, total_steps: int) -> None:
     """Begins at `step`: a resumed run replaces what was logged from there."""
+    self._step = step
+    if not self.primary:
+      return
     self._metrics_log = MetricsLog(os.path.join(self.workdir, METRICS_FILE))
     self._metrics_log.drop_from(step)
-    self._step = step
     self._writer = _open_writer(os.path.join(self.workdir, TENSORBOARD_DIR), step)
     if self._writer is not None:
       self._closing.callback(self._writer.close)
@@ -70,6 +76,8 @@ class TrainMonitor:
   def train_metrics(self, *, step: int, train_accuracy: float, train_loss: float,
                     learning_rate: float, images_per_second: float | None) -> None:
     """One logged training step (its batch's figures before the update)."""
+    if not self.primary:
+      return
     self._metrics_log.write(step=step, train_accuracy=train_accuracy,
                             train_loss=train_loss, learning_rate=learning_rate,
                             images_per_second=images_per_second)
@@ -86,13 +94,16 @@ class TrainMonitor:
   def test_metrics(self, state, test: input_pipeline.Split, batch_size: int,
                    results: dict[str, Any]) -> None:
     """One evaluation's `results`; `state` and `test` show its mistakes."""
-    self._metrics_log.write(**results)
     step = self._step = results['step']
+    if not self.primary:
+      return
+    self._metrics_log.write(**results)
     self._scalars(step, {'test/accuracy': results['test_accuracy'],
                          'test/loss': results['test_loss']})
-    if self._writer is not None:
-      # A second pass over the test set: `evaluate` keeps only sums, and
-      # evaluations are rare (the end, or every `eval_every` steps).
+    # A second pass over the test set: `evaluate` keeps only sums, and
+    # evaluations are rare (the end, or every `eval_every` steps). Not in a
+    # multi-process run, where it would be a collective of this process alone.
+    if self._writer is not None and jax.process_count() == 1:
       logits = mistakes.split_logits(state, test, batch_size, self.progress_bar)
       labels = np.asarray(test.labels_N)[np.asarray(test.mask_N)]
       sheet = mistakes.sheet(test.images_NHWC, labels, logits, rows=MISTAKE_ROWS,

@@ -17,12 +17,14 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopRequest:
   """While entered, remembers the first SIGTERM/SIGINT instead of dying of it.
 
-  Signal handlers can only be set from the main thread; elsewhere this
-  leaves the process's handlers alone and never asks to stop.
+  Signal handlers can only be set from the main thread; elsewhere, or with
+  `listen` False, this leaves the process's handlers alone and never asks to
+  stop.
   """
 
-  def __init__(self):
+  def __init__(self, listen: bool = True):
     self.signal_number: int | None = None
+    self._listen = listen
     self._previous = {}
 
   @property
@@ -30,7 +32,7 @@ class StopRequest:
     return signal.Signals(self.signal_number).name
 
   def __enter__(self) -> 'StopRequest':
-    if threading.current_thread() is threading.main_thread():
+    if self._listen and threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
     return self
 

@@ -26,6 +26,7 @@ from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import models
 from flax_mnist import monitor
+from flax_mnist import parallel
 from flax_mnist import preemption
 from flax_mnist import progress
 from flax_mnist import workdirs
@@ -33,6 +34,7 @@ from flax_mnist.errors import (ConfigError, FlaxMnistError, TrainingDiverged,
                                TrainingStopped)
 
 logger = logging.getLogger(__name__)
+logger.addFilter(parallel.PrimaryLogsOnly())
 
 # What a checkpoint's record must hold to be restored.
 _RECORD = {'config': dict, 'num_train': int}
@@ -110,17 +112,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
 
 
 @functools.partial(jax.jit, donate_argnums=0,
-                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch'))
+                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch',
+                                    'batch_sharding'))
 def train_steps(state: TrainState, train: input_pipeline.Split,
                 orders_2N: jax.Array, index: int | jax.Array,
                 dropout_key: jax.Array, *, num_steps: int, batch_size: int,
-                steps_per_epoch: int) -> tuple[TrainState, dict[str, jax.Array]]:
+                steps_per_epoch: int,
+                batch_sharding: jax.sharding.Sharding | None = None
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """`num_steps` train steps in one dispatch, from batch `index` of an epoch.
 
   `orders_2N` holds this epoch's order and the next one's, so the steps may
   cross one epoch boundary (`num_steps <= steps_per_epoch`). Step `s` drops
   out with `fold_in(dropout_key, s)`, as the step-by-step loop does. Returns
-  the metrics of every step, stacked.
+  the metrics of every step, stacked. With `batch_sharding` each batch is
+  split over its devices and the metrics are the global batch's.
   """
 
   def one_step(state, position):
@@ -128,7 +134,7 @@ def train_steps(state: TrainState, train: input_pipeline.Split,
     start = ((position // steps_per_epoch) * orders_2N.shape[1] +
              (position % steps_per_epoch) * batch_size)
     ids = jax.lax.dynamic_slice_in_dim(orders_2N.reshape(-1), start, batch_size)
-    batch = input_pipeline.gather(train, ids)
+    batch = input_pipeline.gather(train, ids, batch_sharding)
     return train_step(state, batch, jax.random.fold_in(dropout_key, state.step))
 
   if num_steps == 1:
@@ -165,29 +171,52 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
           'count': jnp.sum(mask)}
 
 
+@jax.jit
+def _add(a: Any, b: Any) -> Any:
+  return jax.tree_util.tree_map(jnp.add, a, b)
+
+
 def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int,
              progress_bar: bool = False) -> dict[str, float]:
-  """Loss and accuracy over every example of `split` (padded by `to_device`)."""
+  """Loss and accuracy over every example of `split` (padded by `to_device`).
+
+  A split replicated over a mesh (`DataParallel.replicate`) is evaluated with
+  each batch split over the mesh's devices.
+  """
   if len(split.labels_N) % batch_size:
     raise ValueError(f'{len(split.labels_N)} rows do not split into batches of '
                      f'{batch_size}: pad with to_device(..., multiple={batch_size})')
-  order = jnp.arange(len(split.labels_N))
-  sums = progress.device_map(
-      lambda i: eval_step(state, input_pipeline.batch_at(split, order, i, batch_size)),
-      len(order) // batch_size, progress_bar, 'evaluating')
-  total = jax.device_get(jax.tree_util.tree_map(lambda *x: sum(x), *sums))
+  dp = parallel.DataParallel.of(split.labels_N)
+  if batch_size % dp.size:
+    raise ValueError(f'batches of {batch_size} do not split over {dp.size} devices')
+  order = dp.replicate(np.arange(len(split.labels_N)))
+  count = len(split.labels_N) // batch_size
+  in_flight, total = parallel.InFlight(), None
+  with progress.bar(progress_bar, count, 'evaluating', 'batches', leave=False) as bar:
+    for i in range(count):
+      sums = eval_step(state, input_pipeline.batch_at(split, order, i, batch_size,
+                                                      dp.batch))
+      total = sums if total is None else _add(total, sums)
+      in_flight.add(total)
+      bar.update(1)
+  total = jax.device_get(total)
   count = int(total['count'])
   return {'test_accuracy': float(total['correct']) / count,
           'test_loss': float(total['loss_sum']) / count,
           'num_examples': count}
 
 
-def _test_split(data: input_pipeline.Mnist, config: configs.Config
+def _test_split(data: input_pipeline.Mnist, config: configs.Config,
+                dp: parallel.DataParallel = parallel.DataParallel()
                 ) -> tuple[input_pipeline.Split, int]:
-  """The test split on device, padded for the eval batch size, and that size."""
-  batch_size = min(config.eval_batch_size, len(data.test_labels))
-  return (input_pipeline.to_device(data.test_images, data.test_labels, batch_size),
-          batch_size)
+  """The test split on device, padded for the eval batch size, and that size.
+
+  The eval batch is rounded up to split over `dp`'s devices: padded rows are
+  not counted, so the results do not change.
+  """
+  batch_size = -(-min(config.eval_batch_size, len(data.test_labels)) // dp.size) * dp.size
+  return (input_pipeline.to_device(data.test_images, data.test_labels, batch_size,
+                                   dp.replicated), batch_size)
 
 
 def train_and_evaluate(config: configs.Config, workdir: str,
@@ -205,11 +234,14 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise FlaxMnistError(f'{workdir}: cannot create the workdir ({e.strerror})') from None
-  with (workdirs.locked(workdir),
+  dp = parallel.DataParallel.create(config.num_devices, config.batch_size)
+  primary = parallel.is_primary()
+  # Only the first process writes the run's files; orbax saves from all.
+  with (workdirs.locked(workdir) if primary else contextlib.nullcontext(),
         checkpoint.Checkpointer(workdir, config.max_checkpoints) as ckpt,
-        monitor.TrainMonitor(workdir, progress_bar) as log):
+        monitor.TrainMonitor(workdir, progress_bar, primary) as log):
     # A refused resume should not wait for the data to load.
-    state, record = _start(config, ckpt, workdir)
+    state, record = _start(config, ckpt, workdir, dp)
     if data is None:
       data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
                                  config.verify_data)
@@ -219,18 +251,24 @@ def train_and_evaluate(config: configs.Config, workdir: str,
           f'{workdir} was trained on {record["num_train"]} examples, this data '
           f'has {num_train}: resume with the same data, or use a new --workdir')
     if state is None:
-      state = create_train_state(config, num_train)
-    workdirs.check_room(workdir, state, config.max_checkpoints,
-                        len(ckpt.all_steps()))
+      state = dp.replicate(create_train_state(config, num_train))
+    if primary:
+      workdirs.check_room(workdir, state, config.max_checkpoints,
+                          len(ckpt.all_steps()))
     epoch, index = record['data_position'] if record else (0, 0)
     step = int(state.step)
-    workdirs.write_atomically(os.path.join(workdir, 'config.json'),
-                              json.dumps(config.to_dict(), indent=2))
+    if primary:
+      workdirs.write_atomically(os.path.join(workdir, 'config.json'),
+                                json.dumps(config.to_dict(), indent=2))
     steps_per_epoch = config.steps_per_epoch(num_train)
     total_steps = config.total_steps(num_train)
     log.start(config, step, total_steps)
-    train = input_pipeline.to_device(data.train_images, data.train_labels)
-    test, eval_batch_size = _test_split(data, config)
+    train = input_pipeline.to_device(data.train_images, data.train_labels,
+                                     sharding=dp.replicated)
+    test, eval_batch_size = _test_split(data, config, dp)
+    if dp.size > 1:
+      logger.info('each batch split over %d %s devices (%d processes)', dp.size,
+                  jax.default_backend(), jax.process_count())
     # Compiled now: run eagerly at the first log line, its many small ops
     # would each compile there, inside the training time.
     schedule = jax.jit(learning_rate_schedule(config, total_steps))
@@ -240,13 +278,18 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     if step < total_steps:
       logger.info('training %s for %d steps (%d per epoch) from step %d',
                   config.model, total_steps, steps_per_epoch, step)
+    if dp.size > 1:
+      logger.info('each batch split over %d %s devices (%d processes)', dp.size,
+                  jax.default_backend(), jax.process_count())
     chunk = steps_per_dispatch(config)
+    in_flight = parallel.InFlight()
     orders_epoch, orders = None, None
     clock = _TrainClock(record.get('train_seconds', 0.0) if record else 0.0)
     compiled, compile_seconds = set(), 0.0
     last_log = None
     finite = _FiniteCheck(ckpt, schedule)
     saved = ckpt.latest_step()
+    in_flight = parallel.InFlight()
 
     def save():
       nonlocal saved
@@ -257,7 +300,10 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                                 'train_seconds': clock.seconds})
       saved = step
 
-    with preemption.StopRequest() as stop:
+    # Processes would stop at different steps, and a save needs them all;
+    # there a signal ends the process and the run resumes from its last
+    # periodic checkpoint.
+    with preemption.StopRequest(listen=jax.process_count() == 1) as stop:
       while step < total_steps and stop.signal_number is None:
         if index == steps_per_epoch:
           epoch, index = epoch + 1, 0
@@ -269,7 +315,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                                    (config.eval_every, config.checkpoint_every))
         args = (state, train, orders, index, dropout_key)
         kwargs = dict(num_steps=num_steps, batch_size=config.batch_size,
-                      steps_per_epoch=steps_per_epoch)
+                      steps_per_epoch=steps_per_epoch, batch_sharding=dp.batch)
         if num_steps in compiled:
           state, metrics = train_steps(*args, **kwargs)
         else:
@@ -280,6 +326,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
             state, metrics = jax.block_until_ready(train_steps(*args, **kwargs))
             compile_seconds += time.perf_counter() - start
           compiled.add(num_steps)
+        in_flight.add(metrics)
         finite.add(step, metrics['loss'])
         first, step, index = step, step + num_steps, index + num_steps
         if index > steps_per_epoch:
@@ -417,8 +464,8 @@ def _speed(images_per_second: float | None, images_left: int) -> str:
   return f' ({images_per_second:.0f} images/s, {minutes}:{seconds:02d} left)'
 
 
-def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
-           ) -> tuple[TrainState, dict | None]:
+def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str,
+           dp: parallel.DataParallel) -> tuple[TrainState, dict | None]:
   """(None, None) for a new run, or the latest checkpoint's state and record."""
   if ckpt.latest_step() is None:
     return None, None
@@ -438,17 +485,22 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str
         f'{workdir} holds a run with another config ({"; ".join(changed)}); '
         'use a new --workdir, or change only: '
         f'{", ".join(sorted(configs.RESUMABLE_FIELDS))}')
-  state, record = restore_state(ckpt, config)
+  state, record = restore_state(ckpt, config, dp=dp)
   logger.info('resuming from the checkpoint at step %d', int(state.step))
   return state, record
 
 
 def restore_state(ckpt: checkpoint.Checkpointer, config: configs.Config,
-                  step: int | None = None) -> tuple[TrainState, dict]:
-  """The state saved at `step` (default the latest) and its record."""
+                  step: int | None = None,
+                  dp: parallel.DataParallel = parallel.DataParallel()
+                  ) -> tuple[TrainState, dict]:
+  """The state saved at `step` (default the latest) and its record.
+
+  The state goes on `dp`'s devices, whatever device count saved it.
+  """
   num_train = ckpt.restore_record(step, schema=_RECORD)['num_train']
   abstract = jax.eval_shape(lambda: create_train_state(config, num_train))
-  return ckpt.restore(abstract, step)
+  return ckpt.restore(dp.abstract(abstract), step)
 
 
 def restore_workdir(workdir: str) -> tuple[configs.Config, TrainState]:

@@ -13,6 +13,7 @@ SCRIPTS = {
     'compare.py': [],
     'time_to_accuracy.py': ['--presets', 'beginners', 'fast', '--data-dir'],
     'fast_search.py': ['--data-dir'],
+    'data_parallel.py': ['--data-dir'],
 }
 
 
