@@ -1,15 +1,16 @@
 """One device against N, and one process against two: the parameters and accuracy.
 
-    python benchmarks/data_parallel.py [--devices 2 4 8] [--steps 100 300] [--data-dir DIR]
+    python benchmarks/data_parallel.py [--devices 2 4 8] [--steps 100 300]
 
 Trains each preset for `--steps` steps from the same seed on one device, on
 each of `--devices` devices, and (on CPU) as two processes of half the most
-devices each on 127.0.0.1, with the batch rounded up to split over them all. Reports
-each run's largest parameter difference from the one-device run and its test
-accuracy on all 10,000 test images. The control, one device with 1e-7 added
-to one weight at the start, shows how far rounding-sized noise alone carries
-a run: devices add in another order, so they differ by rounding. On CPU the
-devices are virtual (`jax_num_cpu_devices`); elsewhere they must exist.
+devices each on 127.0.0.1, the batch rounded up to split over them all.
+Reports each run's largest parameter difference from the one-device run and
+its test accuracy on all 10,000 test images. The control, one device with
+1e-7 added to one weight at the start, shows how far rounding-sized noise
+alone carries a run: devices add in another order, so they differ by
+rounding. On CPU the devices are virtual (`jax_num_cpu_devices`); elsewhere
+they must exist.
 """
 
 import dataclasses
@@ -87,12 +88,12 @@ def main():
   from flax_mnist import configs, train
   data = common.mnist(args.data_dir, args.smoke)
   cpu = jax.default_backend() == 'cpu'
-  rows = []
+  rows, multiple = [], math.lcm(*args.devices)
   for preset, steps in itertools.product(args.presets, args.steps):
     base = configs.get_preset(preset)
     config = dataclasses.replace(
         base, epochs=None, steps=steps, log_every=steps, checkpoint_every=steps,
-        batch_size=-(-base.batch_size // math.lcm(*args.devices)) * math.lcm(*args.devices))
+        batch_size=-(-base.batch_size // multiple) * multiple)
     results = {}
     runs = [('1 device', 1, train.create_train_state),
             ('1 device, 1 weight +1e-7', 1, nudged(train.create_train_state)),

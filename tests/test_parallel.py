@@ -90,16 +90,17 @@ def eight_devices() -> dict:
 
 def test_8_devices_end_with_the_parameters_of_1(eight_devices):
   assert eight_devices['devices'] == 8
-  for name in ('beginners', 'keras'):
+  # Measured: 1.8e-7 and 6e-7. Adam amplifies rounding in the CNN: looser.
+  for name, tolerance in (('beginners', 1e-6), ('keras', 1e-4)):
     result = eight_devices[name]
-    assert result['max_diff'] < 1e-5, (name, result)
+    assert result['max_diff'] < tolerance, (name, result)
     assert result['accuracy'][0] == result['accuracy'][1], (name, result)
-    assert result['loss'][0] == pytest.approx(result['loss'][1], rel=1e-5)
+    assert result['loss'][0] == pytest.approx(result['loss'][1], rel=tolerance)
 
 
 def test_checkpoints_restore_on_another_device_count(eight_devices):
   for first, second in ((8, 1), (1, 8)):
-    assert eight_devices[f'resume_{first}_on_{second}'] < 1e-5
+    assert eight_devices[f'resume_{first}_on_{second}'] < 1e-6
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_an_error(eight_devices):
@@ -172,9 +173,11 @@ def test_two_processes_train_and_resume_as_one_process_of_two_devices(tiny_idx_d
   # Restored here on one device, whatever count saved them.
   states = [train.restore_workdir(str(tmp_path / name))[1]
             for name in ('processes', 'devices')]
-  # The same program split the same way over two devices: the same bits.
-  jax.tree_util.tree_map(np.testing.assert_array_equal,
-                         *(jax.device_get((s.params, s.opt_state)) for s in states))
+  # The same program split the same way over two devices: the same result
+  # (measured: the same bits; other core counts may round differently).
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  jax.tree_util.tree_map(close, *(jax.device_get((s.params, s.opt_state))
+                                  for s in states))
   metrics = [json.loads(line) for line in open(tmp_path / 'processes' / 'metrics.jsonl')]
   assert [m['step'] for m in metrics if 'train_loss' in m] == list(range(0, 30, 5))
   assert metrics[-1]['test_accuracy'] == train.evaluate_workdir(
