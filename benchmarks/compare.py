@@ -17,7 +17,6 @@ The ratios compare flax-mnist with each. Softmax regression times a whole
 epoch (600 steps).
 """
 
-import functools
 import os
 import time
 
