@@ -300,11 +300,10 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                                 'train_seconds': clock.seconds})
       saved = step
 
-    # Processes would stop at different steps, and a save needs them all;
-    # there a signal ends the process and the run resumes from its last
-    # periodic checkpoint.
-    with preemption.StopRequest(listen=jax.process_count() == 1) as stop:
-      while step < total_steps and stop.signal_number is None:
+    with preemption.StopRequest() as stop:
+      dispatches = 0
+      while step < total_steps and not stop.requested(dispatches):
+        dispatches += 1
         if index == steps_per_epoch:
           epoch, index = epoch + 1, 0
         if orders_epoch != epoch:

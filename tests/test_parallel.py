@@ -197,3 +197,18 @@ def test_a_dead_process_fails_the_others_at_once(tiny_idx_dir, tmp_path):
   assert 'flax-mnist: error: process 1 of 2 stopped: ' in err
   assert 'has another process of the run died?' in err
   victim.communicate()
+
+
+def test_sigterm_to_one_process_stops_all_at_one_saved_step(tiny_idx_dir, tmp_path):
+  other, first = _processes(tmp_path, tiny_idx_dir, '--set', 'steps=100000',
+                            '--set', 'checkpoint_every=100000')
+  while 'step 10,' not in (line := first.stdout.readline()):
+    assert line, first.communicate()[1][-3000:]
+  other.send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=60) for p in (other, first)]
+  assert [p.returncode for p in (other, first)] == [143, 143], outputs
+  message = outputs[1][1].strip().splitlines()[-1]
+  assert 'stopped by SIGTERM at step' in message, outputs
+  step = int(message.split(' at step ')[1].split(';')[0])
+  assert os.listdir(tmp_path / 'checkpoints') == [str(step)]
+  assert int(train.restore_workdir(str(tmp_path))[1].step) == step
