@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_mnist.errors import FlaxMnistError
+from flax_mnist.errors import FlaxMnistError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -161,13 +161,13 @@ class Checkpointer:
     def describe(e):
       kept = [s for s in self.all_steps() if s != self._writing]
       return (f'{self.directory}: cannot write the checkpoint of step '
-              f'{self._writing} ({_first_line(e)}); complete checkpoints kept: '
-              f'{", ".join(map(str, kept)) or "none"}')
+              f'{self._writing} ({first_line(e, with_type=True)}); complete '
+              f'checkpoints kept: {", ".join(map(str, kept)) or "none"}')
     return _wrapped(describe)
 
   def _failing_restore(self, step: int):
     return _wrapped(lambda e: f'{self.directory}/{step}: cannot restore this '
-                              f'checkpoint ({_first_line(e)})')
+                              f'checkpoint ({first_line(e, with_type=True)})')
 
 
 class _wrapped:
@@ -194,11 +194,6 @@ class _wrapped:
 def _get(record: Any, key: str) -> Any:
   """`record[key]`, or None where a damaged record is not even a JSON object."""
   return record.get(key) if isinstance(record, dict) else None
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
 
 
 def state_digest(state: Any) -> str:

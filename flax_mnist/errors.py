@@ -34,3 +34,13 @@ class TrainingStopped(FlaxMnistError):
 
 class TrainingDiverged(FlaxMnistError):
   """The loss or the parameters stopped being finite; nothing after is saved."""
+
+
+def first_line(error: BaseException, with_type: bool = False) -> str:
+  """The first line of `error`'s message, after its type's name if asked;
+  the type's name alone when the message is empty."""
+  text = str(error).strip()
+  if not text:
+    return type(error).__name__
+  line = text.splitlines()[0]
+  return f'{type(error).__name__}: {line}' if with_type else line

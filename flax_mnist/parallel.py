@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flax_mnist.errors import ConfigError, FlaxMnistError
+from flax_mnist.errors import ConfigError, FlaxMnistError, first_line
 
 DATA_AXIS = 'data'
 
@@ -52,7 +52,7 @@ def initialize(coordinator_address: str | None = None,
            else {'heartbeat_timeout_seconds': heartbeat_timeout}))
   except (RuntimeError, ValueError, TypeError) as e:
     raise FlaxMnistError(f'cannot join the distributed run '
-                         f'({_first_line(e)})') from None
+                         f'({first_line(e)})') from None
 
 
 def _from_env(value: int | None, name: str) -> int | None:
@@ -63,11 +63,6 @@ def _from_env(value: int | None, name: str) -> int | None:
   except ValueError:
     raise ConfigError(f'{name} must be an integer, got '
                       f'{os.environ[name]!r}') from None
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def lost_process_message(error: BaseException) -> str | None:
@@ -81,7 +76,7 @@ def lost_process_message(error: BaseException) -> str | None:
           re.match(r'[A-Z_]+: ', str(error))):
     return None
   return (f'process {jax.process_index()} of {jax.process_count()} stopped: '
-          f'{_first_line(error)} (has another process of the run died? see '
+          f'{first_line(error)} (has another process of the run died? see '
           'its output)')
 
 
