@@ -41,9 +41,12 @@ def locked(workdir: str) -> Iterator[None]:
       raise FlaxMnistError(
           f'{workdir} is in use by another training ({_holder(fd)}); wait for '
           'it to end or use another --workdir') from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
-                              'since': time.strftime('%Y-%m-%d %H:%M:%S')}).encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                                'since': time.strftime('%Y-%m-%d %H:%M:%S')}).encode(), 0)
+    except OSError as e:  # A full disk lets the file open but not grow.
+      raise FlaxMnistError(f'{workdir}: cannot write {LOCK_FILE} ({e.strerror})') from None
     yield
   finally:
     os.close(fd)
