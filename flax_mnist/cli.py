@@ -114,6 +114,27 @@ def _parser() -> argparse.ArgumentParser:
                        help='save a sheet of each original beside the 28x28 '
                             'input the model saw')
 
+  serve = commands.add_parser(
+      'serve', help='a page to draw digits on, and a JSON API',
+      description="Restore each workdir's latest checkpoint and serve a page "
+                  'to draw digits on (or drop photos of them) with every '
+                  "model's live prediction, and a JSON API: POST /api/predict, "
+                  'GET /api/models, GET /healthz. Needs the serve extra: '
+                  "pip install 'flax-mnist[serve]'. Stops on SIGTERM or Ctrl-C.")
+  serve.add_argument('--workdir', required=True, action='append', metavar='DIR',
+                     dest='workdirs',
+                     help='a trained run; repeat for one panel per model')
+  serve.add_argument('--host', default='127.0.0.1',
+                     help='address to listen on (default: 127.0.0.1, this '
+                          'machine only)')
+  serve.add_argument('--port', type=int, default=8000)
+  serve.add_argument('--watch', action='store_true',
+                     help='switch to each newer checkpoint a workdir gets '
+                          '(draw while a model trains)')
+  serve.add_argument('--max-batch', type=int, default=64, metavar='N',
+                     help='most pictures in one forward pass: 1, 2, 4, ..., 64 '
+                          '(default 64; 1 turns batching off)')
+
   data = commands.add_parser('data', help='check IDX files, or build tfds\'s '
                                           'mnist from them offline')
   data_commands = data.add_subparsers(dest='data_command', required=True,
@@ -223,6 +244,17 @@ def _predict(args) -> int:
   return 1 if any(p.error is not None for p in predictions) else 0
 
 
+def _serve(args) -> int:
+  try:
+    from flax_mnist import serve
+  except ImportError as e:
+    raise FlaxMnistError(f'serve needs the serve extra ({e.name} is missing): '
+                         "pip install 'flax-mnist[serve]'") from None
+  serve.serve(args.workdirs, args.host, args.port, watch_workdirs=args.watch,
+              max_batch=args.max_batch)
+  return 0
+
+
 def _data(args) -> int:
   if args.data_command == 'verify':
     from flax_mnist import idx
@@ -262,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   _show_progress(args)
   command = {'train': _train, 'eval': _eval, 'summary': _summary,
-             'report': _report, 'predict': _predict, 'data': _data}[args.command]
+             'report': _report, 'predict': _predict, 'serve': _serve,
+             'data': _data}[args.command]
   try:
     return command(args)
   except TrainingStopped as e:

@@ -70,20 +70,35 @@ def _forward(apply_fn, params, images_BHW1: jax.Array) -> jax.Array:
 
 
 class Predictor:
-  """A workdir's latest checkpoint, restored once, ready to classify."""
+  """A workdir's latest checkpoint, restored once, ready to classify.
 
-  def __init__(self, workdir: str):
-    _, state = train.restore_workdir(workdir)
+  `model` and `step` name what was restored. Each forward pass is padded to
+  the smallest of `batch_sizes` that holds it (a server gives several, so a
+  single picture does not pay for 64).
+  """
+
+  def __init__(self, workdir: str, batch_sizes: Sequence[int] = (BATCH_SIZE,)):
+    config, state = train.restore_workdir(workdir)
+    self.model, self.step = config.model, int(state.step)
     self._params = state.params
     self._forward = jax.jit(functools.partial(_forward, state.apply_fn))
+    self._batch_sizes = sorted(batch_sizes)
+
+  def compile(self) -> None:
+    """Compiles the forward pass for every batch size now, not at first use."""
+    for size in self._batch_sizes:
+      self._forward(self._params, np.zeros((size, 28, 28, 1), np.uint8)
+                    ).block_until_ready()
 
   def probabilities_of_inputs(self, images_NHW: np.ndarray) -> np.ndarray:
     """(N, 10) float32 probabilities of (N, 28, 28) uint8 MNIST-style inputs."""
     images = np.asarray(images_NHW, np.uint8).reshape(-1, 28, 28, 1)
     results = []
-    for start in range(0, len(images), BATCH_SIZE):
-      batch = images[start:start + BATCH_SIZE]
-      padded = np.zeros((BATCH_SIZE, 28, 28, 1), np.uint8)
+    largest = self._batch_sizes[-1]
+    for start in range(0, len(images), largest):
+      batch = images[start:start + largest]
+      size = next(s for s in self._batch_sizes if s >= len(batch))
+      padded = np.zeros((size, 28, 28, 1), np.uint8)
       padded[:len(batch)] = batch
       results.append(np.asarray(self._forward(self._params, padded))[:len(batch)])
     return (np.concatenate(results) if results

@@ -9,6 +9,7 @@ are divided out before the digit is found, cropped and scaled.
 """
 
 import dataclasses
+import io
 import math
 import os
 import warnings
@@ -18,8 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flax_mnist.errors import DataError
 
-# Anything a caller can hand in as an image.
-ImageSource = str | os.PathLike | Image.Image | np.ndarray
+# Anything a caller can hand in as an image (bytes: an encoded file's content).
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff',
                     '.webp')
@@ -62,7 +63,8 @@ class Prepared:
 
 
 def prepare(source: ImageSource) -> Prepared:
-  """Reads `source` (a path, PIL image or array) and makes it an MNIST input."""
+  """Reads `source` (a path, file content, PIL image or array) and makes it an
+  MNIST input."""
   gray = load_gray(source)
   return Prepared(to_mnist(gray), np.rint(gray * 255).astype(np.uint8))
 
@@ -78,6 +80,10 @@ def load_gray(source: ImageSource) -> np.ndarray:
     return _gray(_from_array(source))
   if isinstance(source, Image.Image):
     return _gray(ImageOps.exif_transpose(source))
+  if isinstance(source, bytes):
+    if not source:
+      raise DataError('empty (0 bytes)')
+    return _decode(io.BytesIO(source))
   return _read(os.fspath(source))
 
 
@@ -91,11 +97,16 @@ def _read(path: str) -> np.ndarray:
     raise DataError('no such file') from None
   except OSError as e:
     raise DataError(f'cannot read it ({e.strerror})') from None
+  return _decode(path)
+
+
+def _decode(file: str | io.BytesIO) -> np.ndarray:
+  """A path's or an in-memory file's picture, as `load_gray` gives it."""
   with warnings.catch_warnings():
     # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
     warnings.simplefilter('error', Image.DecompressionBombWarning)
     try:
-      with Image.open(path, formats=IMAGE_FORMATS) as image:
+      with Image.open(file, formats=IMAGE_FORMATS) as image:
         # JPEG only: decode at the smallest scale still >= WORK_SIZE.
         image.draft('L', (WORK_SIZE, WORK_SIZE))
         return _gray(ImageOps.exif_transpose(image))
