@@ -187,11 +187,16 @@ async def _body(request: Request, limit: int) -> bytes:
   if length.isdigit() and int(length) > limit:
     raise too_large
   chunks, size = [], 0
-  async for chunk in request.stream():
-    size += len(chunk)
-    if size > limit:
-      raise too_large
-    chunks.append(chunk)
+  try:
+    async for chunk in request.stream():
+      size += len(chunk)
+      if size > limit:
+        raise too_large
+      chunks.append(chunk)
+  except asyncio.CancelledError:
+    # Uvicorn cancels what is still uploading when the time to stop is up: a
+    # stalled client, which hears why if it is still there.
+    raise HTTPException(503, 'the server is stopping') from None
   return b''.join(chunks)
 
 

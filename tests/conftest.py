@@ -1,5 +1,6 @@
 """Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR) and small data made here."""
 
+import dataclasses
 import gzip
 import os
 import pathlib
@@ -7,11 +8,14 @@ import pathlib
 import numpy as np
 import pytest
 
-from flax_mnist import input_pipeline
+from flax_mnist import configs, input_pipeline, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The four real IDX files; CI and the README point here.
 MNIST_DIR = os.environ.get('FLAX_MNIST_DATA_DIR', str(REPO.parent / 'shared' / 'mnist'))
+# Steps of the keras preset the suite's model gets (about 96% on MNIST's
+# test set): full training is too long for CI.
+TRAIN_STEPS = 300
 
 
 @pytest.fixture(scope='session')
@@ -19,6 +23,23 @@ def mnist_dir() -> str:
   if not os.path.isdir(MNIST_DIR):
     pytest.skip(f'real MNIST not found at {MNIST_DIR} (set FLAX_MNIST_DATA_DIR)')
   return MNIST_DIR
+
+
+@pytest.fixture(scope='session')
+def keras_workdir(tmp_path_factory, mnist_dir) -> str:
+  """The keras preset trained `TRAIN_STEPS` steps, once per session, with a
+  checkpoint halfway as well as at the end."""
+  config = dataclasses.replace(configs.get_preset('keras'), epochs=None,
+                               steps=TRAIN_STEPS, data_dir=mnist_dir,
+                               log_every=TRAIN_STEPS,
+                               checkpoint_every=TRAIN_STEPS // 2)
+  data = input_pipeline.from_idx_dir(mnist_dir)
+  # Its final evaluation needs no more than a tenth of the test set.
+  data = dataclasses.replace(data, test_images=data.test_images[:1000],
+                             test_labels=data.test_labels[:1000])
+  path = str(tmp_path_factory.mktemp('keras'))
+  train.train_and_evaluate(config, path, data)
+  return path
 
 
 def write_idx(path: str, array: np.ndarray, magic: int | None = None) -> None:
@@ -57,3 +78,12 @@ def tiny_idx_dir(tmp_path) -> str:
 @pytest.fixture(scope='session')
 def tiny_mnist() -> input_pipeline.Mnist:
   return input_pipeline.from_arrays(synthetic_split(600, 0), synthetic_split(130, 1))
+
+
+@pytest.fixture(scope='session')
+def keras_server(keras_workdir, tmp_path_factory):
+  """`flax-mnist serve --workdir KERAS_WORKDIR`, on the default host."""
+  import serving  # It needs httpx, from the test extra.
+  with serving.serving(tmp_path_factory.mktemp('serve'), '--workdir',
+                       keras_workdir) as server:
+    yield server

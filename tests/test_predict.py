@@ -1,4 +1,3 @@
-import dataclasses
 import io
 import json
 import subprocess
@@ -10,30 +9,19 @@ import pytest
 from PIL import Image
 
 import digits
-from conftest import REPO
-from flax_mnist import cli, configs, idx, input_pipeline, predict, train
+from conftest import REPO, TRAIN_STEPS
+from flax_mnist import cli, idx, input_pipeline, predict, train
 from flax_mnist.errors import DataError
 
-# Steps of the keras preset the suite's model gets (about 96% on MNIST's
-# test set): full training is too long for CI, so the bar below is lower than
-# the 95% a fully trained model must reach (benchmarks/predict_accuracy.py).
-TRAIN_STEPS = 300
+# The bar is lower than the 95% a fully trained model must reach
+# (benchmarks/predict_accuracy.py): the suite's model trains TRAIN_STEPS.
 REALISTIC_SET = 100
 MIN_ACCURACY = 0.9
 
 
 @pytest.fixture(scope='session')
-def workdir(tmp_path_factory, mnist_dir) -> str:
-  config = dataclasses.replace(configs.get_preset('keras'), epochs=None,
-                               steps=TRAIN_STEPS, data_dir=mnist_dir,
-                               log_every=TRAIN_STEPS)
-  data = input_pipeline.from_idx_dir(mnist_dir)
-  # Its final evaluation needs no more than a tenth of the test set.
-  data = dataclasses.replace(data, test_images=data.test_images[:1000],
-                             test_labels=data.test_labels[:1000])
-  path = str(tmp_path_factory.mktemp('keras'))
-  train.train_and_evaluate(config, path, data)
-  return path
+def workdir(keras_workdir) -> str:
+  return keras_workdir
 
 
 @pytest.fixture(scope='session')
