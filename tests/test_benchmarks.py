@@ -14,6 +14,7 @@ SCRIPTS = {
     'time_to_accuracy.py': ['--presets', 'beginners', 'fast', '--data-dir'],
     'fast_search.py': ['--data-dir'],
     'data_parallel.py': ['--data-dir'],
+    'serve_load.py': ['--data-dir'],
 }
 
 
