@@ -25,7 +25,7 @@ import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -197,6 +197,8 @@ async def _body(request: Request, limit: int) -> bytes:
     # Uvicorn cancels what is still uploading when the time to stop is up: a
     # stalled client, which hears why if it is still there.
     raise HTTPException(503, 'the server is stopping') from None
+  except ClientDisconnect:
+    raise HTTPException(400, 'the client went away during the upload') from None
   return b''.join(chunks)
 
 
