@@ -12,6 +12,7 @@ import math
 import typing
 from typing import Callable, Iterable
 
+from flax_mnist import datasets
 from flax_mnist.errors import ConfigError, check_choice
 from flax_mnist.models import DTYPES, MODELS
 
@@ -61,7 +62,10 @@ class Config:
   checkpoint_every: int = 1000
   max_checkpoints: int = 3
   eval_batch_size: int = 1000
-  # Where the data comes from: a folder of IDX files, else tfds.
+  # What the data is ('mnist' or 'fashion_mnist', datasets.py) and where it
+  # comes from: a folder of IDX files, else tfds. Configs saved before the
+  # field existed are MNIST's.
+  dataset: str = 'mnist'
   data_dir: str | None = None
   tfds_data_dir: str | None = None
   verify_data: bool = True
@@ -73,6 +77,7 @@ class Config:
     check_choice('optimizer', self.optimizer, OPTIMIZERS)
     check_choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
     check_choice('dtype', self.dtype, DTYPES)
+    check_choice('dataset', self.dataset, datasets.DATASETS)
     positive = ['learning_rate', 'batch_size', 'log_every', 'checkpoint_every',
                 'max_checkpoints', 'eval_batch_size', 'adam_eps']
     positive += [name for name in ('steps', 'epochs')
