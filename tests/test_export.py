@@ -80,6 +80,7 @@ def test_onnx_in_onnxruntime(run, test_images, tmp_path):
   assert json.loads(metadata['class_names']) == list('0123456789')
   probabilities, = session.run(['probabilities'], {'images': test_images})
   assert probabilities.shape == (10_000, 10) and probabilities.dtype == np.float32
+  print(f'onnxruntime: largest difference {np.abs(probabilities - expected).max():.2g}')
   assert np.array_equal(probabilities.argmax(1), expected.argmax(1))
   np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-5)
   exec(readme_example('.onnx').replace('runs/keras/model.onnx', path), {})
@@ -94,6 +95,7 @@ def test_stablehlo_in_a_process_with_only_jax_and_numpy(run, test_images, tmp_pa
   subprocess.run([sys.executable, '-c', _CLIENT, path, str(tmp_path / 'images.npy'),
                   str(tmp_path / 'out.npy')], check=True, cwd=tmp_path, timeout=300)
   probabilities = np.load(tmp_path / 'out.npy')
+  print(f'StableHLO: largest difference {np.abs(probabilities - expected).max():.2g}')
   assert np.array_equal(probabilities.argmax(1), expected.argmax(1))
   np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)
   exec(readme_example('.stablehlo').replace('runs/keras/model.stablehlo', path), {})
