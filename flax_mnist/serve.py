@@ -167,11 +167,12 @@ def _compiled(workdir: str) -> predict.Predictor:
 _decoding = threading.Lock()
 
 
-def mnist_input(data: bytes) -> np.ndarray:
-  """The (28, 28) uint8 input made from an encoded picture, as `predict` does."""
+def model_input(data: bytes, dataset: str) -> np.ndarray:
+  """The (28, 28) uint8 input of `dataset` made from an encoded picture, as
+  `predict` makes it."""
   with _decoding:
     gray = preprocess.load_gray(data)
-  return preprocess.to_mnist(gray)
+  return preprocess.MAKERS[dataset](gray)
 
 
 def png_base64(image_HW: np.ndarray) -> str:
@@ -263,7 +264,8 @@ def create_app(models: list[Model], *, watch_workdirs: bool = False,
       raise HTTPException(400, 'empty body: send an image (PNG, JPEG, ...) as '
                                'the body or as the multipart field "image"')
     try:
-      image = await asyncio.to_thread(mnist_input, body)
+      image = await asyncio.to_thread(model_input, body,
+                                      by_name[name].predictor.dataset)
     except DataError as e:
       raise HTTPException(422, str(e)) from None
     probabilities, step = await batchers[name].predict(image)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR) and small data made here."""
+"""Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR), Fashion-MNIST
+(FLAX_MNIST_FASHION_DIR) and small data made here."""
 
 import dataclasses
 import gzip
@@ -13,6 +14,9 @@ from flax_mnist import configs, input_pipeline, train
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The four real IDX files; CI and the README point here.
 MNIST_DIR = os.environ.get('FLAX_MNIST_DATA_DIR', str(REPO.parent / 'shared' / 'mnist'))
+# Fashion-MNIST's four IDX files, where Debian's dataset-fashion-mnist puts them.
+FASHION_MNIST_DIR = os.environ.get('FLAX_MNIST_FASHION_DIR',
+                                   '/usr/share/datasets/fashion-mnist')
 # Steps of the keras preset the suite's model gets (about 96% on MNIST's
 # test set): full training is too long for CI.
 TRAIN_STEPS = 300
@@ -23,6 +27,14 @@ def mnist_dir() -> str:
   if not os.path.isdir(MNIST_DIR):
     pytest.skip(f'real MNIST not found at {MNIST_DIR} (set FLAX_MNIST_DATA_DIR)')
   return MNIST_DIR
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_dir() -> str:
+  if not os.path.isdir(FASHION_MNIST_DIR):
+    pytest.skip(f'Fashion-MNIST not found at {FASHION_MNIST_DIR} (apt-get install '
+                'dataset-fashion-mnist, or set FLAX_MNIST_FASHION_DIR)')
+  return FASHION_MNIST_DIR
 
 
 @pytest.fixture(scope='session')
