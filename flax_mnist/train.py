@@ -466,9 +466,10 @@ def _speed(images_per_second: float | None, images_left: int) -> str:
 def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str,
            dp: parallel.DataParallel) -> tuple[TrainState, dict | None]:
   """(None, None) for a new run, or the latest checkpoint's state and record."""
-  if ckpt.latest_step() is None:
+  step = ckpt.resume_step(move_damaged=parallel.is_primary())
+  if step is None:
     return None, None
-  latest = ckpt.restore_record(schema=_RECORD | {'data_position': list})
+  latest = ckpt.restore_record(step, schema=_RECORD | {'data_position': list})
   saved, num_train = configs.Config.from_dict(latest['config']), latest['num_train']
   if (saved.lr_schedule != 'constant' and
       saved.total_steps(num_train) != config.total_steps(num_train)):
@@ -484,7 +485,7 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str,
         f'{workdir} holds a run with another config ({"; ".join(changed)}); '
         'use a new --workdir, or change only: '
         f'{", ".join(sorted(configs.RESUMABLE_FIELDS))}')
-  state, record = restore_state(ckpt, config, dp=dp)
+  state, record = restore_state(ckpt, config, step, dp=dp)
   logger.info('resuming from the checkpoint at step %d', int(state.step))
   return state, record
 
