@@ -47,10 +47,13 @@ def _absl_log(level: int, msg: str, *args, **kwargs) -> None:
 
 absl_logging.log = _absl_log
 absl_logging.ABSLLogger.register_frame_to_skip(__file__, _absl_log.__name__)
-# orbax says some 70 INFO lines a run (each save, restore and wait); its
-# warnings still show. A level set before this import is kept.
-if logging.getLogger('absl').level == logging.NOTSET:
-  logging.getLogger('absl').setLevel(logging.WARNING)
+# Dependencies' chatter at INFO, for a user who turns INFO on for this
+# library's lines: orbax's some 70 lines a run (each save, restore and wait),
+# JAX's about backends it did not find (TPU, say). Their warnings still show;
+# a level set before this import is kept.
+for _name in ('absl', 'jax._src.xla_bridge'):
+  if logging.getLogger(_name).level == logging.NOTSET:
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -6,13 +6,15 @@ from Python (`dataclasses.replace(config, steps=2000)`) or from the command
 line (`--set steps=2000`); both paths run the same validation.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
+import os
 import typing
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
-from flax_mnist.errors import ConfigError, check_choice
+from flax_mnist.errors import ConfigError, DataError, check_choice
 from flax_mnist.models import DTYPES, MODELS
 
 OPTIMIZERS = ('sgd', 'adam')
@@ -67,6 +69,10 @@ class Config:
   verify_data: bool = True
 
   def __post_init__(self):
+    # Saved with the run, so they must mean the same from any directory.
+    for name in ('data_dir', 'tfds_data_dir'):
+      if isinstance(getattr(self, name), str) and getattr(self, name):
+        object.__setattr__(self, name, os.path.abspath(getattr(self, name)))
     for field in dataclasses.fields(self):
       _check_type(field.name, getattr(self, field.name), _field_types()[field.name])
     check_choice('model', self.model, MODELS)
@@ -208,6 +214,27 @@ def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
                         f'{", ".join(types)}')
     changes[key] = _parse(key, text.strip(), types[key])
   return dataclasses.replace(config, **changes)
+
+
+@contextlib.contextmanager
+def saved_data_source(workdir: str) -> Iterator[None]:
+  """Says, in a `DataError` from within, that the data's place came from the
+  run's saved config."""
+  try:
+    yield
+  except DataError as e:
+    raise DataError(f"{e} (the data source saved in {workdir}'s config: give "
+                    '--data-dir or --tfds-data-dir to read another)') from None
+
+
+def check_resumable(config: Config, step: int, num_train: int, workdir: str) -> None:
+  """Raises unless a run whose checkpoint is at `step` can go on with `config`."""
+  total = config.total_steps(num_train)
+  if step > total:
+    raise ConfigError(
+        f'{workdir} is already at step {step}, past the {total} steps asked for: '
+        'nothing to train (evaluate it with flax-mnist eval), or use a new '
+        '--workdir to train a shorter run')
 
 
 @functools.cache

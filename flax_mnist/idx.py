@@ -110,19 +110,40 @@ def check_content(path: str, content: bytes, expected: IdxFile) -> None:
   md5 = hashlib.md5(content).hexdigest()
   sha256 = hashlib.sha256(content).hexdigest()
   if (md5, sha256) != (expected.md5, expected.sha256):
+    _check_not_another(path, (md5, sha256), expected)
     raise DataError(
         f'{path}: checksum mismatch: uncompressed md5 {md5}, expected '
         f'{expected.md5} (the official {expected.name}); pass '
         'verify_data=False (--no-verify) for other IDX data')
 
 
+def _check_not_another(path: str, checksums: tuple[str, str],
+                       expected: IdxFile) -> None:
+  """Raise if the (md5, sha256) are those of another official file: swapped
+  files would train on the test set and test on the training set."""
+  for key, other in FILES.items():
+    if other != expected and checksums == (other.md5, other.sha256):
+      raise DataError(
+          f'{path}: this is the {key.replace("_", "-")} file (the official '
+          f'{other.name}, by its checksums), not {expected.name}: the files are '
+          'swapped or misnamed; rename them')
+
+
 def load_file(data_dir: str, key: str, verify: bool = True) -> np.ndarray:
-  """One of the four files as a uint8 array, optionally checksum-verified."""
+  """One of the four files as a uint8 array, optionally checksum-verified.
+
+  Unverified, a file shaped as another official file is still checked for
+  being it, so swapped files are refused even then.
+  """
   path = find(data_dir, key)
   content = read_bytes(path)
   array = parse(path, content, FILES[key])
   if verify:
     check_content(path, content, FILES[key])
+  elif any(array.shape == other.shape and other is not FILES[key]
+           for other in FILES.values()):
+    _check_not_another(path, (hashlib.md5(content).hexdigest(),
+                              hashlib.sha256(content).hexdigest()), FILES[key])
   return array
 
 

@@ -46,17 +46,23 @@ def from_arrays(train: tuple[np.ndarray, np.ndarray],
   return Mnist(*canonical_order(*train), *canonical_order(*test))
 
 
-def from_idx_dir(data_dir: str, verify: bool = True) -> Mnist:
-  """MNIST from a folder of the four IDX files (no TensorFlow involved)."""
-  return from_arrays(idx.load_split(data_dir, 'train', verify),
-                     idx.load_split(data_dir, 'test', verify))
+def from_idx_dir(data_dir: str, verify: bool = True, test_only: bool = False
+                 ) -> Mnist:
+  """MNIST from a folder of the four IDX files (no TensorFlow involved); with
+  `test_only`, only the two test files are read and the training split is empty."""
+  train = ((np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)) if test_only
+           else idx.load_split(data_dir, 'train', verify))
+  return from_arrays(train, idx.load_split(data_dir, 'test', verify))
 
 
 def load(data_dir: str | None = None, tfds_data_dir: str | None = None,
-         verify: bool = True) -> Mnist:
-  """MNIST from `data_dir` if given, else from tensorflow-datasets."""
+         verify: bool = True, test_only: bool = False) -> Mnist:
+  """MNIST from `data_dir` if given, else from tensorflow-datasets.
+
+  `test_only` (for evaluations) skips reading the training files of `data_dir`.
+  """
   if data_dir is not None:
-    return from_idx_dir(data_dir, verify)
+    return from_idx_dir(data_dir, verify, test_only)
   # Imported here only: TensorFlow must stay out of runs that use IDX files.
   from flax_mnist import tfds_source
   return from_arrays(*tfds_source.load_splits(tfds_data_dir))

@@ -147,8 +147,20 @@ def _open_writer(logdir: str, step: int):
   # TensorBoard drops earlier files' events from `purge_step` on, so a resumed
   # run's steps are not shown twice. The start step in the file name orders
   # files that open within the same second (the name holds whole seconds).
-  return tensorboardX.SummaryWriter(logdir, purge_step=step,
-                                    filename_suffix=f'.{step:09d}')
+  try:
+    return tensorboardX.SummaryWriter(logdir, purge_step=step,
+                                      filename_suffix=f'.{step:09d}')
+  except OSError as e:
+    raise FlaxMnistError(f'{logdir}: cannot write the event files there '
+                         f'({e.strerror}); it must be a folder') from None
+
+
+def check_writable(workdir: str) -> None:
+  """Fails now, before training, where TensorBoard's folder cannot be one."""
+  logdir = os.path.join(workdir, TENSORBOARD_DIR)
+  if os.path.lexists(logdir) and not os.path.isdir(logdir):
+    raise FlaxMnistError(f'{logdir}: not a folder (the event files go there): '
+                         'move it away, or use another --workdir')
 
 
 class MetricsLog:
@@ -165,12 +177,22 @@ class MetricsLog:
       raise FlaxMnistError(f'{self.path}: cannot write ({e.strerror})') from None
 
   def entries(self) -> list[dict[str, Any]]:
-    """Every entry, in order; a line cut short by a killed process is skipped."""
+    """Every entry, in order; a line cut short by a killed process is skipped,
+    and so, with one warning, are lines that are not entries (other bytes
+    than UTF-8, other JSON, a value of the wrong type)."""
     try:
-      with open(self.path) as f:
-        return [entry for entry in map(_entry, f) if entry is not None]
+      with open(self.path, 'rb') as f:
+        lines = f.readlines()
     except OSError as e:
       raise FlaxMnistError(f'{self.path}: cannot read ({e.strerror})') from None
+    entries = [_entry(line) for line in lines if line.endswith(b'\n')]
+    bad = [i + 1 for i, entry in enumerate(entries) if entry is None]
+    if bad:
+      logger.warning('%s: skipped %d damaged line(s) (%s%s): not a JSON entry '
+                     'with a whole-number step and numbers', self.path, len(bad),
+                     'line ' + ', '.join(map(str, bad[:5])),
+                     ', ...' if len(bad) > 5 else '')
+    return [entry for entry in entries if entry is not None]
 
   def drop_from(self, step: int) -> None:
     """Forgets entries from `step` on: a run resumed there logs them again."""
@@ -180,9 +202,14 @@ class MetricsLog:
           if entry['step'] < step))
 
 
-def _entry(line: str) -> dict[str, Any] | None:
+def _entry(line: bytes) -> dict[str, Any] | None:
+  """The entry a line holds, or None where it holds none."""
   try:
-    entry = json.loads(line) if line.endswith('\n') else None
-  except ValueError:
+    entry = json.loads(line.decode('utf-8'))
+  except ValueError:  # UnicodeDecodeError too.
     return None
-  return entry if isinstance(entry, dict) and 'step' in entry else None
+  if not (isinstance(entry, dict) and type(entry.get('step')) is int and
+          all(value is None or type(value) in (int, float)
+              for value in entry.values())):
+    return None
+  return entry

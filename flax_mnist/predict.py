@@ -9,6 +9,7 @@ has no digit is reported by itself while the others are still predicted.
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import os
 import textwrap
 from typing import Any, Iterable, Sequence
@@ -21,6 +22,8 @@ from flax_mnist import input_pipeline
 from flax_mnist import preprocess
 from flax_mnist import train
 from flax_mnist.errors import DataError, FlaxMnistError
+
+logger = logging.getLogger(__name__)
 
 # Every forward pass has this many rows (padded), so it compiles only once.
 BATCH_SIZE = 64
@@ -89,14 +92,16 @@ class Predictor:
     return (np.concatenate(results) if results
             else np.zeros((0, 10), np.float32))
 
-  def predict_probabilities(self, images: Iterable[preprocess.ImageSource]
-                            ) -> np.ndarray:
-    """(N, 10) probabilities of pictures given as paths, PIL images or arrays.
+  def predict_probabilities(self, images: preprocess.ImageSource
+                            | Iterable[preprocess.ImageSource]) -> np.ndarray:
+    """(N, 10) probabilities of pictures given as paths, PIL images or arrays
+    (one, or a list: `preprocess.as_list`).
 
-    Raises `DataError` naming the first picture that cannot be used.
+    Raises `DataError` naming the first picture that cannot be used
+    (`predict_files` gives a result for each instead).
     """
     inputs = []
-    for i, image in enumerate(images):
+    for i, image in enumerate(preprocess.as_list(images)):
       try:
         inputs.append(preprocess.prepare(image).image)
       except DataError as e:
@@ -104,17 +109,27 @@ class Predictor:
         raise DataError(f'{name}: {e}') from None
     return self.probabilities_of_inputs(np.asarray(inputs, np.uint8))
 
-  def predict_files(self, paths: Sequence[str]) -> list[Prediction]:
-    """A `Prediction` per picture, folders expanded to the pictures in them."""
-    files = expand_paths(paths)
+  def predict_files(self, paths: preprocess.ImageSource
+                    | Iterable[preprocess.ImageSource]) -> list[Prediction]:
+    """A `Prediction` per picture, folders expanded to the pictures in them.
+
+    Pictures may be paths, PIL images or arrays, one or a list; those that
+    are not paths are named 'image I' by their place in the list.
+    """
+    files = []  # (name, error or None, source)
+    for i, source in enumerate(preprocess.as_list(paths)):
+      if isinstance(source, (str, os.PathLike)):
+        files.extend((file, error, file) for file, error in expand_paths([source]))
+      else:
+        files.append((f'image {i}', None, source))
     rows = []  # (file, input or None, original or None, error or None)
     # numpy and PIL release the GIL, so pictures are prepared on every core;
     # decoding stays on this thread, as PIL's bomb warning is caught through
     # the process-wide warning filters. Chunks bound the pictures held at once.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
       for start in range(0, len(files), BATCH_SIZE):
-        loaded = [(file, *_load(file, error))
-                  for file, error in files[start:start + BATCH_SIZE]]
+        loaded = [(file, *_load(source, error))
+                  for file, error, source in files[start:start + BATCH_SIZE]]
         made = pool.map(_make_input, [gray for _, gray, _ in loaded])
         for (file, gray, error), (image, problem) in zip(loaded, made):
           # The original is kept for errors too: it shows why there was no digit.
@@ -128,12 +143,13 @@ class Predictor:
             for file, image, original, error in rows]
 
 
-def _load(file: str, error: str | None) -> tuple[np.ndarray | None, str | None]:
+def _load(source: preprocess.ImageSource, error: str | None
+          ) -> tuple[np.ndarray | None, str | None]:
   """(the picture in gray, None) or (None, what is wrong with it)."""
   if error is not None:
     return None, error
   try:
-    return preprocess.load_gray(file), None
+    return preprocess.load_gray(source), None
   except DataError as e:
     return None, str(e)
 
@@ -149,9 +165,10 @@ def _make_input(gray: np.ndarray | None) -> tuple[np.ndarray | None, str | None]
     return None, str(e)
 
 
-def predict_probabilities(workdir: str, images: Iterable[preprocess.ImageSource]
-                          ) -> np.ndarray:
-  """(N, 10) probabilities that `workdir`'s model gives the pictures."""
+def predict_probabilities(workdir: str, images: preprocess.ImageSource
+                          | Iterable[preprocess.ImageSource]) -> np.ndarray:
+  """(N, 10) probabilities that `workdir`'s model gives the pictures (one, or
+  a list)."""
   return Predictor(workdir).predict_probabilities(images)
 
 
@@ -178,6 +195,10 @@ def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
               and not name.startswith('.')
               and os.path.isfile(os.path.join(path, name))]
     files.extend((image, None) for image in images)
+    skipped = preprocess.not_files(path, [
+        name for name in names if name.lower().endswith(preprocess.IMAGE_EXTENSIONS)])
+    if skipped:
+      logger.warning('%s: skipped %s (not files)', path, skipped)
     if not images:
       files.append((path, 'no images in this folder (looked for '
                           f'{", ".join(preprocess.IMAGE_EXTENSIONS)})'))

@@ -33,7 +33,12 @@ _OFFLINE_HINT = ('with no internet, train from a folder of the four IDX files '
 
 
 def _tfds():
-  """tensorflow_datasets, with TensorFlow kept off the GPUs."""
+  """tensorflow_datasets, with TensorFlow kept off the GPUs and quiet."""
+  # TensorFlow's C++ INFO lines go to stderr at import, oneDNN's banner even
+  # below TF_CPP_MIN_LOG_LEVEL; it only reads files here, so oneDNN's other
+  # rounding changes nothing. Values the user set are kept.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   try:
     import tensorflow as tf
     import tensorflow_datasets as tfds

@@ -255,13 +255,14 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     if primary:
       workdirs.check_room(workdir, state, config.max_checkpoints,
                           len(ckpt.all_steps()))
+      monitor.check_writable(workdir)
     epoch, index = record['data_position'] if record else (0, 0)
     step = int(state.step)
+    steps_per_epoch = config.steps_per_epoch(num_train)
+    total_steps = config.total_steps(num_train)
     if primary:
       workdirs.write_atomically(os.path.join(workdir, 'config.json'),
                                 json.dumps(config.to_dict(), indent=2))
-    steps_per_epoch = config.steps_per_epoch(num_train)
-    total_steps = config.total_steps(num_train)
     log.start(config, step, total_steps)
     train = input_pipeline.to_device(data.train_images, data.train_labels,
                                      sharding=dp.replicated)
@@ -471,6 +472,7 @@ def _start(config: configs.Config, ckpt: checkpoint.Checkpointer, workdir: str,
     return None, None
   latest = ckpt.restore_record(step, schema=_RECORD | {'data_position': list})
   saved, num_train = configs.Config.from_dict(latest['config']), latest['num_train']
+  configs.check_resumable(config, step, num_train, workdir)
   if (saved.lr_schedule != 'constant' and
       saved.total_steps(num_train) != config.total_steps(num_train)):
     raise ConfigError(
@@ -524,17 +526,20 @@ def _evaluate_and_log(state, test, batch_size, log: monitor.TrainMonitor, step,
 
 def restore_with_data(workdir: str, **data_fields
                       ) -> tuple[configs.Config, TrainState, input_pipeline.Mnist]:
-  """`workdir`'s latest config and state, and the data to evaluate it on.
+  """`workdir`'s latest config and state, and the data to evaluate it on
+  (its test split only, where the files allow).
 
   `data_fields` (`data_dir`, `tfds_data_dir`, `verify_data`) replace the run's
   own; by default the data the run was trained on is read.
   """
   config, state = restore_workdir(workdir)
-  if 'data_dir' in data_fields or 'tfds_data_dir' in data_fields:
+  saved = not ('data_dir' in data_fields or 'tfds_data_dir' in data_fields)
+  if not saved:
     data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
   config = dataclasses.replace(config, **data_fields)
-  return config, state, input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                            config.verify_data)
+  with configs.saved_data_source(workdir) if saved else contextlib.nullcontext():
+    return config, state, input_pipeline.load(
+        config.data_dir, config.tfds_data_dir, config.verify_data, test_only=True)
 
 
 def evaluate_workdir(workdir: str, *, progress_bar: bool = False, **data_fields
