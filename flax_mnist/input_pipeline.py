@@ -50,9 +50,11 @@ def from_idx_dir(data_dir: str, verify: bool = True, test_only: bool = False
                  ) -> Mnist:
   """MNIST from a folder of the four IDX files (no TensorFlow involved); with
   `test_only`, only the two test files are read and the training split is empty."""
-  train = ((np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)) if test_only
-           else idx.load_split(data_dir, 'train', verify))
-  return from_arrays(train, idx.load_split(data_dir, 'test', verify))
+  if test_only:
+    return Mnist(np.zeros((0, 28, 28, 1), np.uint8), np.zeros(0, np.int32),
+                 *canonical_order(*idx.load_split(data_dir, 'test', verify)))
+  return from_arrays(idx.load_split(data_dir, 'train', verify),
+                     idx.load_split(data_dir, 'test', verify))
 
 
 def load(data_dir: str | None = None, tfds_data_dir: str | None = None,

@@ -107,3 +107,29 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
   _, restored = train.restore_workdir(str(tmp_path))
   np.testing.assert_array_equal(restored.params['dense']['kernel'],
                                 state.params['dense']['kernel'])
+
+
+def test_orbax_configures_no_logging_and_keeps_its_chatter_down(tmp_path):
+  """absl would give the root logger a handler at orbax's first line, and
+  orbax says some 70 INFO lines a run."""
+  import subprocess
+  import sys
+  script = '''if True:
+    import logging, sys
+    import flax_mnist
+    from flax_mnist import checkpoint, configs, train
+    assert not logging.root.handlers, logging.root.handlers
+    state = train.create_train_state(configs.get_preset('beginners'))
+    with checkpoint.Checkpointer(sys.argv[1]) as ckpt:
+      ckpt.save(1, state, {'step': 1})
+    assert not logging.root.handlers, logging.root.handlers
+    logging.basicConfig(level=logging.INFO)
+    with checkpoint.Checkpointer(sys.argv[1]) as ckpt:
+      ckpt.save(2, state, {'step': 2})
+      ckpt.restore_record(1)
+    logging.getLogger('flax_mnist.train').info('ours')
+  '''
+  result = subprocess.run([sys.executable, '-c', script, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.splitlines() == ['INFO:flax_mnist.train:ours']

@@ -219,3 +219,57 @@ def test_command_line_output_is_clean(workdir, digit_png, tmp_path):
   assert out.returncode == 1 and out.stderr == ''
   first, second = map(json.loads, out.stdout.splitlines())
   assert first['digit'] == 7 and 'error' in second
+
+
+@pytest.fixture(scope='module')
+def small_predictor(tiny_mnist, tmp_path_factory) -> predict.Predictor:
+  """A few steps of softmax regression: these tests check shapes and errors."""
+  config = dataclasses.replace(configs.get_preset('beginners'), steps=10)
+  path = str(tmp_path_factory.mktemp('beginners'))
+  train.train_and_evaluate(config, path, tiny_mnist)
+  return predict.Predictor(path)
+
+
+def test_one_path_or_a_list(small_predictor, digit_png):
+  one = small_predictor.predict_probabilities(digit_png)
+  assert one.shape == (1, 10)
+  np.testing.assert_array_equal(one, small_predictor.predict_probabilities([digit_png]))
+  [prediction] = small_predictor.predict_files(digit_png)
+  np.testing.assert_array_equal(prediction.probabilities, one[0])
+
+
+def test_predict_files_takes_pil_images_and_arrays_with_a_result_each(
+    small_predictor, digit_png):
+  with Image.open(digit_png) as image:
+    image.load()
+  blank = np.full((40, 40), 255, np.uint8)
+  predictions = small_predictor.predict_files([image, blank, digit_png])
+  assert [p.file for p in predictions] == ['image 0', 'image 1', digit_png]
+  assert predictions[0].error is None and predictions[2].error is None
+  np.testing.assert_array_equal(predictions[0].probabilities,
+                                predictions[2].probabilities)
+  assert 'no digit found' in predictions[1].error
+
+
+def test_the_size_message_names_the_pictures_own_size(small_predictor, tmp_path):
+  path = str(tmp_path / 'thin.png')
+  Image.new('L', (1, 20000), 255).save(path)
+  [prediction] = small_predictor.predict_files([path])
+  assert prediction.error.startswith('1x20000 pixels (width x height) is too small')
+
+
+def test_links_and_fifos_in_a_folder_are_counted(small_predictor, digit_png, tmp_path,
+                                                 caplog):
+  import os
+  folder = tmp_path / 'pictures'
+  folder.mkdir()
+  os.symlink(digit_png, folder / 'good.png')
+  os.symlink(folder / 'loop.png', folder / 'loop.png')
+  os.symlink(tmp_path / 'gone.png', folder / 'dangling.png')
+  os.mkfifo(folder / 'pipe.png')
+  with caplog.at_level('WARNING', 'flax_mnist'):
+    predictions = small_predictor.predict_files([str(folder)])
+  assert [os.path.basename(p.file) for p in predictions] == ['good.png']
+  [warning] = [r.getMessage() for r in caplog.records]
+  assert warning == (f'{folder}: skipped 1 dangling link, 1 symlink loop, 1 FIFO '
+                     '(not files)')

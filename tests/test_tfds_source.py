@@ -69,3 +69,10 @@ def test_no_network_error_says_how_to_work_offline(tmp_path):
   assert len(error) == 1 and '--data-dir DIR' in error[0]
   assert 'flax-mnist data prepare DIR' in error[0]
   assert 'Traceback' not in out.stderr
+
+
+def test_tensorflow_says_nothing_on_stderr():
+  """Not its oneDNN banner nor its CPU-instructions line, at import."""
+  result = _python('from flax_mnist import tfds_source\ntfds_source._tfds()\n')
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''

@@ -171,3 +171,50 @@ def test_cosine_schedule_and_bfloat16_train(tiny_mnist, tmp_path):
   with pytest.raises(ConfigError, match='cannot change'):
     train.train_and_evaluate(dataclasses.replace(config, steps=60), str(tmp_path),
                              tiny_mnist)
+
+
+def test_a_refused_config_writes_nothing(tiny_mnist, tmp_path):
+  with pytest.raises(ConfigError, match='larger than the training set'):
+    train.train_and_evaluate(_config(batch_size=10**9), str(tmp_path), tiny_mnist)
+  assert not (tmp_path / 'config.json').exists()
+  assert not (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_fewer_steps_than_the_workdir_holds_is_refused_leaving_it_alone(
+    tiny_mnist, tmp_path):
+  train.train_and_evaluate(_config(model='softmax_regression', optimizer='sgd'),
+                           str(tmp_path), tiny_mnist)
+  before = {name: (tmp_path / name).read_bytes()
+            for name in ('config.json', 'metrics.jsonl')}
+  with pytest.raises(ConfigError, match=r'already at step 30, past the 10 steps asked for'):
+    train.train_and_evaluate(_config(model='softmax_regression', optimizer='sgd',
+                                     steps=10), str(tmp_path), tiny_mnist)
+  assert before == {name: (tmp_path / name).read_bytes() for name in before}
+
+
+def test_a_relative_data_dir_is_saved_absolute(tiny_idx_dir, tmp_path, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(tiny_idx_dir))
+  config = _config(steps=10, data_dir=os.path.basename(tiny_idx_dir),
+                   verify_data=False)
+  assert config.data_dir == tiny_idx_dir
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  assert saved['data_dir'] == tiny_idx_dir
+
+
+def test_eval_needs_only_the_test_split_and_names_a_saved_path(tiny_idx_dir, tmp_path):
+  import shutil
+  data_dir = shutil.copytree(tiny_idx_dir, tmp_path / 'data')
+  config = _config(steps=10, data_dir=str(data_dir), verify_data=False)
+  _, results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  test_only = tmp_path / 'test_only'
+  test_only.mkdir()
+  for name in ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
+    shutil.copy(data_dir / name, test_only)
+  again = train.evaluate_workdir(str(tmp_path / 'run'), data_dir=str(test_only),
+                                 verify_data=False)
+  assert again['test_accuracy'] == results['test_accuracy']
+  shutil.rmtree(data_dir)
+  with pytest.raises(FlaxMnistError, match=r"no such folder .*\(the data source "
+                     r"saved in .*run's config: give --data-dir"):
+    train.evaluate_workdir(str(tmp_path / 'run'))
