@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_mnist import datasets
 from flax_mnist import idx
 from flax_mnist import parallel
+from flax_mnist.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,28 +48,41 @@ def from_arrays(train: tuple[np.ndarray, np.ndarray],
   return Mnist(*canonical_order(*train), *canonical_order(*test))
 
 
-def from_idx_dir(data_dir: str, verify: bool = True, test_only: bool = False
-                 ) -> Mnist:
-  """MNIST from a folder of the four IDX files (no TensorFlow involved); with
-  `test_only`, only the two test files are read and the training split is empty."""
-  if test_only:
-    return Mnist(np.zeros((0, 28, 28, 1), np.uint8), np.zeros(0, np.int32),
-                 *canonical_order(*idx.load_split(data_dir, 'test', verify)))
-  return from_arrays(idx.load_split(data_dir, 'train', verify),
-                     idx.load_split(data_dir, 'test', verify))
+def from_idx_dir(data_dir: str, verify: bool = True,
+                 dataset: str = 'mnist', test_only: bool = False) -> Mnist:
+  """`dataset` (datasets.py) from a folder of its four IDX files (no
+  TensorFlow involved), verified by their checksums unless `verify` is off;
+  with `test_only`, only the two test files are read and the training split
+  is empty."""
+  expected = datasets.get(dataset)
+  try:
+    if test_only:
+      return Mnist(np.zeros((0, 28, 28, 1), np.uint8), np.zeros(0, np.int32),
+                   *canonical_order(*idx.load_split(data_dir, 'test', verify,
+                                                    expected.files)))
+    return from_arrays(idx.load_split(data_dir, 'train', verify, expected.files),
+                       idx.load_split(data_dir, 'test', verify, expected.files))
+  except DataError:
+    found = datasets.identify(data_dir) if verify else None
+    if found is None or found == dataset:
+      raise
+    raise DataError(f'{data_dir} holds {datasets.get(found).title}, not '
+                    f'{expected.title}: set dataset={found} (--set '
+                    f'dataset={found})') from None
 
 
 def load(data_dir: str | None = None, tfds_data_dir: str | None = None,
-         verify: bool = True, test_only: bool = False) -> Mnist:
-  """MNIST from `data_dir` if given, else from tensorflow-datasets.
-
-  `test_only` (for evaluations) skips reading the training files of `data_dir`.
-  """
+         verify: bool = True, dataset: str = 'mnist', test_only: bool = False
+         ) -> Mnist:
+  """`dataset` (default MNIST) from `data_dir` if given, else from
+  tensorflow-datasets; `test_only` (for evaluations) skips reading the
+  training files of `data_dir`."""
   if data_dir is not None:
-    return from_idx_dir(data_dir, verify, test_only)
+    return from_idx_dir(data_dir, verify, dataset, test_only)
   # Imported here only: TensorFlow must stay out of runs that use IDX files.
   from flax_mnist import tfds_source
-  return from_arrays(*tfds_source.load_splits(tfds_data_dir))
+  return from_arrays(*tfds_source.load_splits(tfds_data_dir,
+                                              datasets.get(dataset).tfds_name))
 
 
 class Split(NamedTuple):

@@ -244,7 +244,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     state, record = _start(config, ckpt, workdir, dp)
     if data is None:
       data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                 config.verify_data)
+                                 config.verify_data, config.dataset)
     num_train = len(data.train_labels)
     if record and record['num_train'] != num_train:
       raise FlaxMnistError(
@@ -539,7 +539,8 @@ def restore_with_data(workdir: str, **data_fields
   config = dataclasses.replace(config, **data_fields)
   with configs.saved_data_source(workdir) if saved else contextlib.nullcontext():
     return config, state, input_pipeline.load(
-        config.data_dir, config.tfds_data_dir, config.verify_data, test_only=True)
+        config.data_dir, config.tfds_data_dir, config.verify_data, config.dataset,
+        test_only=True)
 
 
 def evaluate_workdir(workdir: str, *, progress_bar: bool = False, **data_fields
