@@ -174,8 +174,8 @@ def _use_compilation_cache() -> None:
 
 
 def _eval(args) -> int:
-  from flax_mnist import train
-  results = train.evaluate_workdir(args.workdir, progress_bar=_progress_bar(args),
+  from flax_mnist import evaluation
+  results = evaluation.evaluate_workdir(args.workdir, progress_bar=_progress_bar(args),
                                    **_data_fields(args))
   if args.json:
     print(json.dumps(results))

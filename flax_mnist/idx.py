@@ -128,7 +128,12 @@ def load_file(data_dir: str, key: str, verify: bool = True) -> np.ndarray:
 
 def load_split(data_dir: str, split: str, verify: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:
-  """(images_NHW uint8, labels_N uint8) of split 'train' or 'test'."""
+  """(images_NHW uint8, labels_N uint8) of split 'train' or 'test'.
+
+  >>> images, labels = load_split('mnist', 'test', verify=False)  # a tiny stand-in
+  >>> images.dtype, images.shape[1:], labels.dtype
+  (dtype('uint8'), (28, 28), dtype('uint8'))
+  """
   images = load_file(data_dir, f'{split}_images', verify)
   labels = load_file(data_dir, f'{split}_labels', verify)
   _check_pair(data_dir, split, images, labels)

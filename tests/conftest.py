@@ -44,14 +44,21 @@ def synthetic_split(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+def make_idx_dir(folder: pathlib.Path) -> str:
+  """Writes four small gzipped IDX files (not the official content) into
+  `folder`; read them with verify=False."""
+  folder.mkdir(parents=True, exist_ok=True)
+  for split, num, seed in (('train', 240, 0), ('t10k', 60, 1)):
+    images, labels = synthetic_split(num, seed)
+    write_idx(str(folder / f'{split}-images-idx3-ubyte.gz'), images)
+    write_idx(str(folder / f'{split}-labels-idx1-ubyte.gz'), labels)
+  return str(folder)
+
+
 @pytest.fixture
 def tiny_idx_dir(tmp_path) -> str:
   """A folder of four small gzipped IDX files (not the official content)."""
-  for split, num, seed in (('train', 240, 0), ('t10k', 60, 1)):
-    images, labels = synthetic_split(num, seed)
-    write_idx(str(tmp_path / f'{split}-images-idx3-ubyte.gz'), images)
-    write_idx(str(tmp_path / f'{split}-labels-idx1-ubyte.gz'), labels)
-  return str(tmp_path)
+  return make_idx_dir(tmp_path)
 
 
 @pytest.fixture(scope='session')

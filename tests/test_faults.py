@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import train
+from flax_mnist import resume, train
 
 # Random kills in the SIGKILL test (more for a measurement, as in README.md).
 KILL_ROUNDS = int(os.environ.get('FLAX_MNIST_KILL_ROUNDS', 4))
@@ -65,7 +65,7 @@ def _wait_for_training(process: subprocess.Popen) -> list[str]:
 
 
 def _final_state(workdir):
-  return train.restore_workdir(str(workdir))[1]
+  return resume.restore_workdir(str(workdir))[1]
 
 
 def _assert_same_state(a, b):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import parallel, train
+from flax_mnist import evaluation, parallel, resume, train
 from flax_mnist.errors import ConfigError
 
 # Runs in a subprocess with 8 CPU devices; prints one JSON object.
@@ -171,7 +171,7 @@ def test_two_processes_train_and_resume_as_one_process_of_two_devices(tiny_idx_d
   assert 'accuracy' not in second[0] + second[1]  # process 1 logs nothing
   assert sorted(os.listdir(tmp_path / 'processes' / 'checkpoints')) == ['15', '30']
   # Restored here on one device, whatever count saved them.
-  states = [train.restore_workdir(str(tmp_path / name))[1]
+  states = [resume.restore_workdir(str(tmp_path / name))[1]
             for name in ('processes', 'devices')]
   # The same program split the same way over two devices: the same result
   # (measured: the same bits; other core counts may round differently).
@@ -180,7 +180,7 @@ def test_two_processes_train_and_resume_as_one_process_of_two_devices(tiny_idx_d
                                   for s in states))
   metrics = [json.loads(line) for line in open(tmp_path / 'processes' / 'metrics.jsonl')]
   assert [m['step'] for m in metrics if 'train_loss' in m] == list(range(0, 30, 5))
-  assert metrics[-1]['test_accuracy'] == train.evaluate_workdir(
+  assert metrics[-1]['test_accuracy'] == evaluation.evaluate_workdir(
       str(tmp_path / 'devices'))['test_accuracy']
 
 
@@ -211,4 +211,4 @@ def test_sigterm_to_one_process_stops_all_at_one_saved_step(tiny_idx_dir, tmp_pa
   assert 'stopped by SIGTERM at step' in message, outputs
   step = int(message.split(' at step ')[1].split(';')[0])
   assert os.listdir(tmp_path / 'checkpoints') == [str(step)]
-  assert int(train.restore_workdir(str(tmp_path))[1].step) == step
+  assert int(resume.restore_workdir(str(tmp_path))[1].step) == step

@@ -11,7 +11,7 @@ from PIL import Image
 
 import digits
 from conftest import REPO
-from flax_mnist import cli, configs, idx, input_pipeline, predict, train
+from flax_mnist import cli, configs, idx, input_pipeline, predict, resume, train
 from flax_mnist.errors import DataError
 
 # Steps of the keras preset the suite's model gets (about 96% on MNIST's
@@ -69,7 +69,7 @@ def test_mnist_png_round_trip_matches_the_arrays(workdir, predictor, mnist_dir,
     Image.fromarray(image).save(path)
   from_files = predictor.predict_files(paths)
   # The array path: the model on the arrays, as evaluation feeds them.
-  _, state = train.restore_workdir(workdir)
+  _, state = resume.restore_workdir(workdir)
   logits = state.apply_fn({'params': state.params},
                           input_pipeline.normalize(images[..., None]), train=False)
   direct = np.asarray(jax.nn.softmax(logits))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import configs, input_pipeline, train
+from flax_mnist import configs, core, evaluation, input_pipeline, train
 from flax_mnist.errors import ConfigError, FlaxMnistError
 
 
@@ -22,33 +22,32 @@ def _config(**changes) -> configs.Config:
 
 def test_train_step_is_pure_and_learns(tiny_mnist):
   config = _config()
-  state = train.create_train_state(config)
+  state = core.create_train_state(config)
   split = input_pipeline.to_device(tiny_mnist.train_images, tiny_mnist.train_labels)
   order = input_pipeline.epoch_permutation(jax.random.PRNGKey(0), 0, 600)
   batch = input_pipeline.batch_at(split, order, 0, 20)
-  twin = train.create_train_state(config)
-  a, metrics_a = train.train_step(state, batch, jax.random.PRNGKey(1))
-  b, metrics_b = train.train_step(twin, batch, jax.random.PRNGKey(1))
+  twin = core.create_train_state(config)
+  a, metrics_a = core.train_step(state, batch, jax.random.PRNGKey(1))
+  b, metrics_b = core.train_step(twin, batch, jax.random.PRNGKey(1))
   assert int(a.step) == 1
   jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
   assert set(metrics_a) == {'loss', 'accuracy'}
   losses = []
   for i in range(1, 30):
-    a, metrics = train.train_step(a, input_pipeline.batch_at(split, order, i % 30, 20),
+    a, metrics = core.train_step(a, input_pipeline.batch_at(split, order, i % 30, 20),
                                   jax.random.PRNGKey(i))
     losses.append(float(metrics['loss']))
   assert np.mean(losses[-5:]) < 0.5 * float(metrics_a['loss'])
 
 
 def test_evaluate_counts_every_example(tiny_mnist):
-  state = train.create_train_state(_config())
-  split = input_pipeline.to_device(tiny_mnist.test_images, tiny_mnist.test_labels, 50)
-  results = train.evaluate(state, split, 50)
+  state = core.create_train_state(_config())
+  results = evaluation.evaluate(state, tiny_mnist.test_images,
+                                tiny_mnist.test_labels, 50)
   assert results['num_examples'] == 130
-  logits = state.apply_fn({'params': state.params},
-                          input_pipeline.normalize(tiny_mnist.test_images))
+  logits = state.apply_fn({'params': state.params}, tiny_mnist.test_images)
   expected = np.mean(np.argmax(logits, -1) == tiny_mnist.test_labels)
-  assert results['test_accuracy'] == pytest.approx(expected)
+  assert results['accuracy'] == pytest.approx(expected)
 
 
 def test_train_and_evaluate_writes_logs_metrics_and_checkpoints(tiny_mnist, tmp_path, caplog):
@@ -92,7 +91,7 @@ def test_resume_refuses_another_config(tiny_mnist, tmp_path):
 def test_evaluate_workdir(tiny_idx_dir, tmp_path):
   config = _config(steps=10, data_dir=tiny_idx_dir, verify_data=False)
   _, results = train.train_and_evaluate(config, str(tmp_path))
-  again = train.evaluate_workdir(str(tmp_path), verify_data=False)
+  again = evaluation.evaluate_workdir(str(tmp_path), verify_data=False)
   assert results['train_seconds'] > 0 and results['compile_seconds'] > 0
   assert again == {k: v for k, v in results.items() if not k.endswith('_seconds')}
 
