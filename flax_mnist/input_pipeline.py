@@ -5,7 +5,7 @@ Both sources return the same `Mnist`: each split in one canonical order
 it. The whole dataset is put on the device once; each epoch is a permutation
 drawn from an explicit key, and batches are gathered on the device. Images
 go in as `inputs` describes (uint8 or floats in [0, 1], flat or 28x28) and
-are kept as uint8 pixels; the models scale them inside the compiled step.
+are kept as uint8 pixels, scaled to [0, 1] as batches are gathered.
 """
 
 import dataclasses
@@ -141,13 +141,14 @@ def batch_at(split: Split, order: jax.Array, index: int | jax.Array,
 
 def gather(split: Split, ids: jax.Array,
            sharding: jax.sharding.Sharding | None = None) -> dict[str, jax.Array]:
-  """The examples `ids` of `split` as a batch of uint8 images, labels, mask.
+  """The examples `ids` of `split` as a batch: images scaled to [0, 1] as
+  the models take them, labels, mask.
 
   With `sharding` (inside `jit`) each device gathers only its own rows.
   """
   if sharding is not None:
     ids = jax.lax.with_sharding_constraint(ids, sharding)
-  batch = {'image': split.images_NHWC[ids],
+  batch = {'image': inputs.model_input(split.images_NHWC[ids]),
            'label': split.labels_N[ids], 'mask': split.mask_N[ids]}
   if sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, sharding)

@@ -35,7 +35,8 @@ def test_batches_cover_an_epoch_once(tiny_mnist):
   for i in range(600 // 50):
     batch = input_pipeline.batch_at(split, order, i, 50)
     assert batch['image'].shape == (50, 28, 28, 1)
-    assert batch['image'].dtype == jnp.uint8  # The models scale it.
+    assert batch['image'].dtype == jnp.float32
+    assert 0.0 <= float(batch['image'].min()) and float(batch['image'].max()) <= 1.0
     seen.append(np.asarray(order[i * 50:(i + 1) * 50]))
     np.testing.assert_array_equal(
         batch['label'], tiny_mnist.train_labels[np.asarray(seen[-1])])
