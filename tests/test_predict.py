@@ -14,6 +14,8 @@ from conftest import REPO
 from flax_mnist import cli, configs, idx, input_pipeline, predict, resume, train
 from flax_mnist.errors import DataError
 
+pytestmark = pytest.mark.slow
+
 # Steps of the keras preset the suite's model gets (about 96% on MNIST's
 # test set): full training is too long for CI, so the bar below is lower than
 # the 95% a fully trained model must reach (benchmarks/predict_accuracy.py).

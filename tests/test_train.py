@@ -96,6 +96,7 @@ def test_evaluate_workdir(tiny_idx_dir, tmp_path):
   assert again == {k: v for k, v in results.items() if not k.endswith('_seconds')}
 
 
+@pytest.mark.slow
 def test_training_from_idx_imports_no_tensorflow(mnist_dir, tmp_path):
   code = f'''
 import sys, dataclasses
