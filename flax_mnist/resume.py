@@ -107,4 +107,4 @@ def restore_with_data(workdir: str, **data_fields
     data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
   config = dataclasses.replace(config, **data_fields)
   return config, state, input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                            config.verify_data)
+                                            config.verify_data, config.dataset)

@@ -68,7 +68,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     state, saved = resume.resume(config, ckpt, workdir, dp)
     if data is None:
       data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                 config.verify_data)
+                                 config.verify_data, config.dataset)
     num_train = len(data.train_labels)
     if saved and saved['num_train'] != num_train:
       raise FlaxMnistError(

@@ -73,7 +73,7 @@ def test_mnist_png_round_trip_matches_the_arrays(workdir, predictor, mnist_dir,
   # The array path: the model on the arrays, as evaluation feeds them.
   _, state = resume.restore_workdir(workdir)
   logits = state.apply_fn({'params': state.params},
-                          input_pipeline.normalize(images[..., None]), train=False)
+                          images, train=False)
   direct = np.asarray(jax.nn.softmax(logits))
   np.testing.assert_array_equal(np.stack([p.image for p in from_files]), images)
   assert [p.digit for p in from_files] == list(direct.argmax(1))
@@ -101,12 +101,13 @@ def test_compiles_once_for_any_number(predictor, digit_png):
 
 def test_library_takes_paths_pil_images_and_arrays(workdir, digit_png):
   pil = Image.open(digit_png)
-  probabilities = predict.predict_probabilities(
-      workdir, [digit_png, pil, np.asarray(pil), np.asarray(pil.convert('RGB'))])
+  predictor = predict.Predictor(workdir)
+  probabilities = predictor.predict_probabilities(
+      [digit_png, pil, np.asarray(pil), np.asarray(pil.convert('RGB'))])
   assert probabilities.shape == (4, 10) and probabilities.dtype == np.float32
   np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
   np.testing.assert_allclose(probabilities, probabilities[:1].repeat(4, 0), atol=1e-6)
-  assert predict.predict_probabilities(workdir, []).shape == (0, 10)
+  assert predictor.predict_probabilities([]).shape == (0, 10)
 
 
 def test_library_names_the_bad_image(predictor, digit_png, tmp_path):
