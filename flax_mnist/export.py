@@ -27,6 +27,7 @@ import numpy as np
 
 from flax_mnist import configs
 from flax_mnist import datasets
+from flax_mnist import evaluation
 from flax_mnist import models
 from flax_mnist import ops
 from flax_mnist import predict
@@ -91,8 +92,8 @@ def _model(config: configs.Config) -> nn.Module:
 def probabilities_fn(config: configs.Config, params: Any):
   """The exported function: (N, 28, 28) uint8 images to (N, 10) probabilities."""
   apply_fn = _model(config).apply
-  return lambda images_NHW: predict._forward(apply_fn, params,
-                                              images_NHW[..., None])
+  return lambda images_NHW: jax.nn.softmax(evaluation.forward(apply_fn, params,
+                                                             images_NHW))
 
 
 def to_stablehlo(config: configs.Config, params: Any) -> jax.export.Exported:
