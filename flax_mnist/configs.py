@@ -3,8 +3,9 @@
 A preset is a function returning a `Config`; its docstring says the command,
 the tutorial's figure and what was measured here. Every field can be changed
 from Python (`dataclasses.replace(config, steps=2000)`) or from the command
-line (`--set steps=2000`); both paths run the same validation. Over 300 lines for the presets'
-docstrings (command, tutorial figure, measurements), kept beside each preset.
+line (`--set steps=2000`); both paths run the same validation. The module
+runs over 300 lines for the presets' docstrings (command, tutorial figure,
+measurements), kept beside each preset.
 """
 
 import dataclasses
