@@ -1,10 +1,11 @@
-"""The four IDX files as numpy arrays, as a user's own script reads them.
+"""What the PyTorch and TensorFlow references share: their flags, and MNIST.
 
-The PyTorch and TensorFlow references use this instead of `flax_mnist.idx`:
-importing the library would load JAX into their processes and bill its
-import time to them.
+They read the four IDX files as a user's own script would, not through
+`flax_mnist.idx`: importing the library would load JAX into their processes
+and bill its import time to them.
 """
 
+import argparse
 import gzip
 import os
 
@@ -23,3 +24,12 @@ def load(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   labels = _read(data_dir, f'{split}-labels-idx1-ubyte', 8)
   images = _read(data_dir, f'{split}-images-idx3-ubyte', 16)
   return images.reshape(len(labels), 28, 28), labels
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+  parser.add_argument('--data-dir', required=True)
+  parser.add_argument('--batch-size', type=int, default=32)
+  parser.add_argument('--epochs', type=int, default=1)
+  parser.add_argument('--max-steps', type=int, help='stop after this many steps')
+  return parser

@@ -12,7 +12,6 @@ test accuracy, training and evaluation seconds. Needs TensorFlow
 status 3.
 """
 
-import argparse
 import json
 import sys
 import time
@@ -23,12 +22,7 @@ MISSING = 3
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--data-dir', required=True)
-  parser.add_argument('--batch-size', type=int, default=32)
-  parser.add_argument('--epochs', type=int, default=1)
-  parser.add_argument('--max-steps', type=int, help='stop after this many steps')
-  args = parser.parse_args()
+  args = plain_mnist.arguments(__doc__).parse_args()
   try:
     import tensorflow as tf
   except ImportError:

@@ -8,7 +8,6 @@ one shuffled pass of full batches, then the test set in batches of 1,000.
 Prints one JSON line: test accuracy, training and evaluation seconds.
 """
 
-import argparse
 import json
 import os
 import time
@@ -34,12 +33,7 @@ def tensors(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--data-dir', required=True)
-  parser.add_argument('--batch-size', type=int, default=32)
-  parser.add_argument('--epochs', type=int, default=1)
-  parser.add_argument('--max-steps', type=int, help='stop after this many steps')
-  args = parser.parse_args()
+  args = plain_mnist.arguments(__doc__).parse_args()
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   x_train, y_train = tensors(args.data_dir, 'train')
