@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_mnist import datasets
 from flax_mnist import idx
 from flax_mnist import parallel
+from flax_mnist.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +48,33 @@ def from_arrays(train: tuple[np.ndarray, np.ndarray],
   return Mnist(*canonical_order(*train), *canonical_order(*test))
 
 
-def from_idx_dir(data_dir: str, verify: bool = True) -> Mnist:
-  """MNIST from a folder of the four IDX files (no TensorFlow involved)."""
-  return from_arrays(idx.load_split(data_dir, 'train', verify),
-                     idx.load_split(data_dir, 'test', verify))
+def from_idx_dir(data_dir: str, verify: bool = True,
+                 dataset: str = 'mnist') -> Mnist:
+  """`dataset` (datasets.py) from a folder of its four IDX files (no
+  TensorFlow involved), verified by their checksums unless `verify` is off."""
+  expected = datasets.get(dataset)
+  try:
+    return from_arrays(idx.load_split(data_dir, 'train', verify, expected.files),
+                       idx.load_split(data_dir, 'test', verify, expected.files))
+  except DataError:
+    found = datasets.identify(data_dir) if verify else None
+    if found is None or found == dataset:
+      raise
+    raise DataError(f'{data_dir} holds {datasets.get(found).title}, not '
+                    f'{expected.title}: set dataset={found} (--set '
+                    f'dataset={found})') from None
 
 
 def load(data_dir: str | None = None, tfds_data_dir: str | None = None,
-         verify: bool = True) -> Mnist:
-  """MNIST from `data_dir` if given, else from tensorflow-datasets."""
+         verify: bool = True, dataset: str = 'mnist') -> Mnist:
+  """`dataset` (default MNIST) from `data_dir` if given, else from
+  tensorflow-datasets."""
   if data_dir is not None:
-    return from_idx_dir(data_dir, verify)
+    return from_idx_dir(data_dir, verify, dataset)
   # Imported here only: TensorFlow must stay out of runs that use IDX files.
   from flax_mnist import tfds_source
-  return from_arrays(*tfds_source.load_splits(tfds_data_dir))
+  return from_arrays(*tfds_source.load_splits(tfds_data_dir,
+                                              datasets.get(dataset).tfds_name))
 
 
 class Split(NamedTuple):

@@ -244,7 +244,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     state, record = _start(config, ckpt, workdir, dp)
     if data is None:
       data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                 config.verify_data)
+                                 config.verify_data, config.dataset)
     num_train = len(data.train_labels)
     if record and record['num_train'] != num_train:
       raise FlaxMnistError(
@@ -533,7 +533,7 @@ def restore_with_data(workdir: str, **data_fields
     data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
   config = dataclasses.replace(config, **data_fields)
   return config, state, input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                            config.verify_data)
+                                            config.verify_data, config.dataset)
 
 
 def evaluate_workdir(workdir: str, *, progress_bar: bool = False, **data_fields

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR) and small data made here."""
+"""Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR), Fashion-MNIST
+(FLAX_MNIST_FASHION_DIR) and small data made here."""
 
 import gzip
 import os
@@ -12,6 +13,9 @@ from flax_mnist import input_pipeline
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The four real IDX files; CI and the README point here.
 MNIST_DIR = os.environ.get('FLAX_MNIST_DATA_DIR', str(REPO.parent / 'shared' / 'mnist'))
+# Fashion-MNIST's four IDX files, where Debian's dataset-fashion-mnist puts them.
+FASHION_MNIST_DIR = os.environ.get('FLAX_MNIST_FASHION_DIR',
+                                   '/usr/share/datasets/fashion-mnist')
 
 
 @pytest.fixture(scope='session')
@@ -19,6 +23,14 @@ def mnist_dir() -> str:
   if not os.path.isdir(MNIST_DIR):
     pytest.skip(f'real MNIST not found at {MNIST_DIR} (set FLAX_MNIST_DATA_DIR)')
   return MNIST_DIR
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_dir() -> str:
+  if not os.path.isdir(FASHION_MNIST_DIR):
+    pytest.skip(f'Fashion-MNIST not found at {FASHION_MNIST_DIR} (apt-get install '
+                'dataset-fashion-mnist, or set FLAX_MNIST_FASHION_DIR)')
+  return FASHION_MNIST_DIR
 
 
 def write_idx(path: str, array: np.ndarray, magic: int | None = None) -> None:
