@@ -27,6 +27,7 @@ from flax_mnist.input_pipeline import (Mnist, Split, epoch_permutation,
                                        from_arrays, to_device, train_batch)
 from flax_mnist.input_pipeline import load as load_mnist
 from flax_mnist.inputs import model_input
+from flax_mnist.malloc import keep_freed_memory
 from flax_mnist.models import MODELS, count_params, create_model, init_params
 from flax_mnist.predict import Prediction, Predictor
 from flax_mnist.resume import restore_workdir
@@ -49,6 +50,8 @@ __all__ = [
     # Workdirs: checkpoints, restoring, predicting.
     'Checkpointer', 'restore_workdir', 'evaluate_workdir', 'Predictor',
     'Prediction',
+    # Memory: the allocator hook of the command line, for library runs.
+    'keep_freed_memory',
     # Errors.
     'FlaxMnistError', 'ConfigError', 'DataError', 'TrainingStopped',
     'TrainingDiverged',
