@@ -225,7 +225,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                        ) -> tuple[TrainState, dict[str, Any]]:
   """Trains (resuming from `workdir`'s latest checkpoint) and evaluates.
 
-  `data` defaults to `config.data_dir` (IDX files) or tensorflow-datasets.
+  `data` defaults to the config's source (`input_pipeline.load`).
   Figures go to the log, `metrics.jsonl` and TensorBoard (`monitor`), and to
   terminal progress bars with `progress_bar`. Returns the final state and the
   final test metrics.
@@ -243,8 +243,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     # A refused resume should not wait for the data to load.
     state, record = _start(config, ckpt, workdir, dp)
     if data is None:
-      data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                 config.verify_data)
+      data = _load_data(config)
     num_train = len(data.train_labels)
     if record and record['num_train'] != num_train:
       raise FlaxMnistError(
@@ -525,15 +524,23 @@ def restore_with_data(workdir: str, **data_fields
                       ) -> tuple[configs.Config, TrainState, input_pipeline.Mnist]:
   """`workdir`'s latest config and state, and the data to evaluate it on.
 
-  `data_fields` (`data_dir`, `tfds_data_dir`, `verify_data`) replace the run's
-  own; by default the data the run was trained on is read.
+  `data_fields` (`data_dir`, `data_source`, `tfds_data_dir`, `verify_data`)
+  replace the run's own; by default the data the run was trained on is read.
   """
   config, state = restore_workdir(workdir)
-  if 'data_dir' in data_fields or 'tfds_data_dir' in data_fields:
-    data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
+  source_fields = ('data_dir', 'data_source', 'tfds_data_dir')
+  if set(source_fields) & set(data_fields):
+    # A new source replaces the whole old one, whose other options are unset.
+    defaults = configs.Config()
+    data_fields = {**{name: getattr(defaults, name) for name in source_fields},
+                   **data_fields}
   config = dataclasses.replace(config, **data_fields)
-  return config, state, input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                            config.verify_data)
+  return config, state, _load_data(config)
+
+
+def _load_data(config: configs.Config) -> input_pipeline.Mnist:
+  return input_pipeline.load(config.data_dir, config.tfds_data_dir,
+                             config.verify_data, config.data_source)
 
 
 def evaluate_workdir(workdir: str, *, progress_bar: bool = False, **data_fields

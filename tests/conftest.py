@@ -1,24 +1,21 @@
-"""Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR) and small data made here."""
+"""Shared fixtures: the real MNIST (shipped in the package) and small data made here."""
 
 import gzip
-import os
 import pathlib
 
 import numpy as np
 import pytest
 
+from flax_mnist import idx
 from flax_mnist import input_pipeline
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-# The four real IDX files; CI and the README point here.
-MNIST_DIR = os.environ.get('FLAX_MNIST_DATA_DIR', str(REPO.parent / 'shared' / 'mnist'))
 
 
 @pytest.fixture(scope='session')
 def mnist_dir() -> str:
-  if not os.path.isdir(MNIST_DIR):
-    pytest.skip(f'real MNIST not found at {MNIST_DIR} (set FLAX_MNIST_DATA_DIR)')
-  return MNIST_DIR
+  """The folder of the four real IDX files: the package's own."""
+  return idx.PACKAGED_DIR
 
 
 def write_idx(path: str, array: np.ndarray, magic: int | None = None) -> None:

@@ -97,12 +97,11 @@ def test_evaluate_workdir(tiny_idx_dir, tmp_path):
   assert again == {k: v for k, v in results.items() if not k.endswith('_seconds')}
 
 
-def test_training_from_idx_imports_no_tensorflow(mnist_dir, tmp_path):
+def test_training_on_the_packaged_mnist_imports_no_tensorflow(tmp_path):
   code = f'''
 import sys, dataclasses
 from flax_mnist import configs, train
-config = dataclasses.replace(configs.get_preset('beginners'), steps=300,
-                             data_dir={mnist_dir!r})
+config = dataclasses.replace(configs.get_preset('beginners'), steps=300)
 _, results = train.train_and_evaluate(config, {str(tmp_path)!r})
 assert results['num_examples'] == 10000, results
 assert results['test_accuracy'] > 0.88, results
