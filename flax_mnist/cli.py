@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
       'prepare', parents=[output], help="build tfds's mnist from a folder of IDX files",
       description="Build tensorflow-datasets' own `mnist` from a folder of "
                   "the four IDX files, with no network, so that "
-                  "tfds.load('mnist') works offline.")
+                  "tfds.load('mnist') works offline. Needs the tfds extra: "
+                  "pip install 'flax-mnist[tfds]'.")
   prepare.add_argument('dir', metavar='DIR')
   prepare.add_argument('--tfds-data-dir', metavar='DIR',
                        help="tensorflow-datasets' data dir (default: tfds's own)")
