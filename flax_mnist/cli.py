@@ -10,6 +10,7 @@ import traceback
 from flax_mnist import configs
 from flax_mnist import input_pipeline
 from flax_mnist import progress
+from flax_mnist.datasets import DATASETS
 from flax_mnist.errors import FlaxMnistError, TrainingStopped
 from flax_mnist.models import MODELS
 
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
            "(tensorflow-datasets; pip install 'flax-mnist[tfds]')")
   data_source.add_argument(
       '--data-dir', metavar='DIR',
-      help='a folder with the four MNIST IDX files (.gz or not) instead')
+      help='a folder with the four IDX files (.gz or not) of the dataset '
+           '(MNIST, or Fashion-MNIST with --set dataset=fashion_mnist) instead')
   data_source.add_argument(
       '--tfds-data-dir', metavar='DIR',
       help="tensorflow-datasets' data dir (default: tfds's own); implies "
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
   data_source.add_argument(
       '--no-verify', dest='verify_data', action='store_const', const=False,
       help="accept IDX files in --data-dir whose content is not the official "
-           "MNIST's (e.g. Fashion-MNIST)")
+           "dataset's (your own data in the same format)")
 
   output = argparse.ArgumentParser(add_help=False)
   output.add_argument(
@@ -120,6 +122,20 @@ def _parser() -> argparse.ArgumentParser:
                        help='save a sheet of each original beside the 28x28 '
                             'input the model saw')
 
+  export = commands.add_parser(
+      'export', help="write a workdir's model as StableHLO or ONNX",
+      description="Write the latest checkpoint's model, parameters included, "
+                  'as a file other programs run: serialized StableHLO '
+                  '(jax.export; any JAX program loads it) or ONNX (onnxruntime '
+                  "and other ONNX clients; needs pip install 'flax-mnist[export]'). "
+                  'Input: uint8 images (N, 28, 28), pixel values 0-255, white '
+                  'on black; output: float32 probabilities (N, 10).')
+  export.add_argument('--workdir', required=True, metavar='DIR')
+  export.add_argument('--format', required=True, metavar='FORMAT',
+                      help='stablehlo or onnx')
+  export.add_argument('--out', metavar='FILE',
+                      help='default: WORKDIR/model.stablehlo or WORKDIR/model.onnx')
+
   data = commands.add_parser('data', help='check IDX files, or build tfds\'s '
                                           'mnist from them offline')
   data_commands = data.add_subparsers(dest='data_command', required=True,
@@ -133,11 +149,15 @@ def _parser() -> argparse.ArgumentParser:
   prepare.add_argument('dir', metavar='DIR')
   prepare.add_argument('--tfds-data-dir', metavar='DIR',
                        help="tensorflow-datasets' data dir (default: tfds's own)")
+  prepare.add_argument('--dataset', default='mnist', choices=list(DATASETS),
+                       help='which dataset the files are (default: mnist)')
   verify = data_commands.add_parser(
       'verify', help='check a folder of IDX files and say what is wrong',
       description='Check the four IDX files: present, readable, well-formed, '
                   'matching counts and the official checksums.')
   verify.add_argument('dir', metavar='DIR')
+  verify.add_argument('--dataset', default='mnist', choices=list(DATASETS),
+                      help='which dataset the files should be (default: mnist)')
   return parser
 
 
@@ -227,27 +247,35 @@ def _predict(args) -> int:
     elif p.error is not None:
       print(f'flax-mnist: error: {p.file}: {p.error}', file=sys.stderr)
     else:
-      top3 = ', '.join(f'{d} {q:.3f}' for d, q in p.top3)
-      print(f'{p.file}: {p.digit} (probability {p.probability:.3f}; top 3: {top3})')
+      top3 = ', '.join(f'{p.class_names[d]} {q:.3f}' for d, q in p.top3)
+      print(f'{p.file}: {p.label} (probability {p.probability:.3f}; top 3: {top3})')
   if args.show_input:
     predict.save_inputs(predictions, args.show_input)
   return 1 if any(p.error is not None for p in predictions) else 0
 
 
+def _export(args) -> int:
+  from flax_mnist import export
+  print(f'wrote {export.export_workdir(args.workdir, args.format, args.out)}')
+  return 0
+
+
 def _data(args) -> int:
+  dataset = DATASETS[args.dataset]
   if args.data_command == 'verify':
     from flax_mnist import idx
-    problems = idx.verify_dir(args.dir)
+    problems = idx.verify_dir(args.dir, dataset.files)
     for problem in problems:
       print(problem)
     if not problems:
-      print(f'{args.dir}: all four MNIST files present, well-formed and '
-            'matching the official checksums')
+      print(f'{args.dir}: all four {dataset.title} files present, well-formed '
+            'and matching the official checksums')
     return 1 if problems else 0
   from flax_mnist import tfds_source
   path = tfds_source.prepare(args.dir, args.tfds_data_dir,
-                             progress_bar=_progress_bar(args))
-  print(f"prepared tensorflow-datasets' mnist in {path}")
+                             progress_bar=_progress_bar(args),
+                             dataset=dataset.name)
+  print(f"prepared tensorflow-datasets' {dataset.tfds_name} in {path}")
   return 0
 
 
@@ -273,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   _show_progress(args)
   command = {'train': _train, 'eval': _eval, 'summary': _summary,
-             'report': _report, 'predict': _predict, 'data': _data}[args.command]
+             'report': _report, 'predict': _predict, 'export': _export,
+             'data': _data}[args.command]
   try:
     return command(args)
   except TrainingStopped as e:

@@ -26,6 +26,7 @@ class IdxFile:
   shape: tuple[int, ...]
   md5: str
   sha256: str
+  dataset: str = 'MNIST'
 
 
 # The four official files, gzipped, inside the package.
@@ -111,32 +112,40 @@ def parse(path: str, content: bytes, expected: IdxFile) -> np.ndarray:
   return np.frombuffer(content, np.uint8, size, header).reshape(dims)
 
 
+def matches(content: bytes, expected: IdxFile) -> bool:
+  """Whether `content` is the official file's content (md5 and sha256)."""
+  return (hashlib.md5(content).hexdigest() == expected.md5 and
+          hashlib.sha256(content).hexdigest() == expected.sha256)
+
+
 def check_content(path: str, content: bytes, expected: IdxFile) -> None:
   """Raise unless `content` is the official file's content (md5 and sha256)."""
-  md5 = hashlib.md5(content).hexdigest()
-  sha256 = hashlib.sha256(content).hexdigest()
-  if (md5, sha256) != (expected.md5, expected.sha256):
+  if not matches(content, expected):
     raise DataError(
-        f'{path}: checksum mismatch: uncompressed md5 {md5}, expected '
-        f'{expected.md5} (the official {expected.name}); pass '
+        f'{path}: checksum mismatch: uncompressed md5 '
+        f'{hashlib.md5(content).hexdigest()}, expected {expected.md5} (the '
+        f'official {expected.dataset} {expected.name}); pass '
         'verify_data=False (--no-verify) for other IDX data')
 
 
-def load_file(data_dir: str, key: str, verify: bool = True) -> np.ndarray:
-  """One of the four files as a uint8 array, optionally checksum-verified."""
+def load_file(data_dir: str, key: str, verify: bool = True,
+              files: dict[str, IdxFile] = FILES) -> np.ndarray:
+  """One of the four `files` (default MNIST's) as a uint8 array, optionally
+  checksum-verified."""
   path = find(data_dir, key)
   content = read_bytes(path)
-  array = parse(path, content, FILES[key])
+  array = parse(path, content, files[key])
   if verify:
-    check_content(path, content, FILES[key])
+    check_content(path, content, files[key])
   return array
 
 
-def load_split(data_dir: str, split: str, verify: bool = True
+def load_split(data_dir: str, split: str, verify: bool = True,
+               files: dict[str, IdxFile] = FILES
                ) -> tuple[np.ndarray, np.ndarray]:
   """(images_NHW uint8, labels_N uint8) of split 'train' or 'test'."""
-  images = load_file(data_dir, f'{split}_images', verify)
-  labels = load_file(data_dir, f'{split}_labels', verify)
+  images = load_file(data_dir, f'{split}_images', verify, files)
+  labels = load_file(data_dir, f'{split}_labels', verify, files)
   _check_pair(data_dir, split, images, labels)
   return images, labels
 
@@ -152,14 +161,15 @@ def _check_pair(data_dir: str, split: str, images: np.ndarray,
     raise DataError(f'{labels_path}: label {labels.max()} out of range 0-9')
 
 
-def verify_dir(data_dir: str) -> list[str]:
-  """Every problem with the folder's four files; empty when all is well."""
+def verify_dir(data_dir: str, files: dict[str, IdxFile] = FILES) -> list[str]:
+  """Every problem with the folder's four `files` (default MNIST's); empty
+  when all is well."""
   if not os.path.isdir(data_dir):
     return [f'{data_dir}: no such folder']
   problems, arrays = [], {}
-  for key in FILES:
+  for key in files:
     try:
-      arrays[key] = load_file(data_dir, key, verify=True)
+      arrays[key] = load_file(data_dir, key, verify=True, files=files)
     except DataError as e:
       problems.append(str(e))
   for split in ('train', 'test'):

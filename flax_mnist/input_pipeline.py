@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_mnist import datasets
 from flax_mnist import idx
 from flax_mnist import parallel
-from flax_mnist.errors import ConfigError, check_choice
+from flax_mnist.errors import ConfigError, DataError, check_choice
 
-# Where MNIST comes from when no folder of IDX files is given.
+# Where the data comes from when no folder of IDX files is given.
 SOURCES = ('package', 'tfds')
 
 
@@ -50,28 +51,46 @@ def from_arrays(train: tuple[np.ndarray, np.ndarray],
   return Mnist(*canonical_order(*train), *canonical_order(*test))
 
 
-def from_idx_dir(data_dir: str, verify: bool = True) -> Mnist:
-  """MNIST from a folder of the four IDX files (no TensorFlow involved)."""
-  return from_arrays(idx.load_split(data_dir, 'train', verify),
-                     idx.load_split(data_dir, 'test', verify))
+def from_idx_dir(data_dir: str, verify: bool = True,
+                 dataset: str = 'mnist') -> Mnist:
+  """`dataset` (datasets.py) from a folder of its four IDX files (no
+  TensorFlow involved), verified by their checksums unless `verify` is off."""
+  expected = datasets.get(dataset)
+  try:
+    return from_arrays(idx.load_split(data_dir, 'train', verify, expected.files),
+                       idx.load_split(data_dir, 'test', verify, expected.files))
+  except DataError:
+    found = datasets.identify(data_dir) if verify else None
+    if found is None or found == dataset:
+      raise
+    raise DataError(f'{data_dir} holds {datasets.get(found).title}, not '
+                    f'{expected.title}: set dataset={found} (--set '
+                    f'dataset={found})') from None
 
 
 def load(data_dir: str | None = None, tfds_data_dir: str | None = None,
-         verify: bool = True, source: str = 'package') -> Mnist:
-  """MNIST from the IDX folder `data_dir` if given, else from `source`.
+         verify: bool = True, dataset: str = 'mnist',
+         source: str = 'package') -> Mnist:
+  """`dataset` (default MNIST) from the IDX folder `data_dir` if given, else
+  from `source`.
 
-  Sources: 'package', the official files shipped in this package (always
-  verified; no network, no TensorFlow), or 'tfds', tensorflow-datasets'
-  `mnist` in `tfds_data_dir` (needs the `tfds` extra). All give the same arrays.
+  Sources: 'package', MNIST's official files shipped in this package (always
+  verified; no network, no TensorFlow), or 'tfds', tensorflow-datasets' own
+  builder in `tfds_data_dir` (needs the `tfds` extra). All give the same arrays.
   """
   check_source(source, data_dir, tfds_data_dir)
   if source == 'tfds':
     # Imported here only: TensorFlow must stay out of every other source.
     from flax_mnist import tfds_source
-    return from_arrays(*tfds_source.load_splits(tfds_data_dir))
+    return from_arrays(*tfds_source.load_splits(tfds_data_dir,
+                                                datasets.get(dataset).tfds_name))
   if data_dir is None:
-    return from_idx_dir(idx.PACKAGED_DIR, verify=True)
-  return from_idx_dir(data_dir, verify)
+    if dataset != 'mnist':
+      raise DataError(f'the package ships MNIST only: read '
+                      f'{datasets.get(dataset).title} from --data-dir DIR or '
+                      '--source tfds')
+    return from_idx_dir(idx.PACKAGED_DIR, True, dataset)
+  return from_idx_dir(data_dir, verify, dataset)
 
 
 def check_source(source: str, data_dir: str | None,

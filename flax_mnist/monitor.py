@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from flax_mnist import configs
+from flax_mnist import datasets
 from flax_mnist import input_pipeline
 from flax_mnist import mistakes
 from flax_mnist import progress
@@ -51,11 +52,13 @@ class TrainMonitor:
     self._writer = None
     self._bar = progress.NoBar()
     self._step = 0
+    self._class_names = mistakes.DIGITS
     self._closing = contextlib.ExitStack()
 
   def start(self, config: configs.Config, step: int, total_steps: int) -> None:
     """Begins at `step`: a resumed run replaces what was logged from there."""
     self._step = step
+    self._class_names = datasets.get(config.dataset).class_names
     if not self.primary:
       return
     self._metrics_log = MetricsLog(os.path.join(self.workdir, METRICS_FILE))
@@ -107,7 +110,8 @@ class TrainMonitor:
       logits = mistakes.split_logits(state, test, batch_size, self.progress_bar)
       labels = np.asarray(test.labels_N)[np.asarray(test.mask_N)]
       sheet = mistakes.sheet(test.images_NHWC, labels, logits, rows=MISTAKE_ROWS,
-                             columns=MISTAKE_COLUMNS, scale=MISTAKE_SCALE)
+                             columns=MISTAKE_COLUMNS, scale=MISTAKE_SCALE,
+                             class_names=self._class_names)
       self._writer.add_image('test/mistakes', np.asarray(sheet)[:, :, None], step,
                              dataformats='HWC')
       self._writer.flush()

@@ -1,9 +1,11 @@
-"""Classifying pictures of digits with a trained workdir.
+"""Classifying pictures of digits (or, for a Fashion-MNIST run, of articles)
+with a trained workdir.
 
 The checkpoint is restored and the forward pass compiled once, for a fixed
 batch size, so a hundred pictures cost little more than one; each picture is
-made into an MNIST input by `preprocess`. A picture that cannot be read or
-has no digit is reported by itself while the others are still predicted.
+made into an input of the run's dataset by `preprocess`. A picture that cannot
+be read or has no digit is reported by itself while the others are still
+predicted.
 """
 
 import concurrent.futures
@@ -17,6 +19,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from flax_mnist import datasets
 from flax_mnist import input_pipeline
 from flax_mnist import preprocess
 from flax_mnist import train
@@ -34,6 +37,7 @@ class Prediction:
 
   `image` is the (28, 28) uint8 input the model saw and `original` the
   grayscale picture it was made from, where they could be made.
+  `class_names` are the dataset's (the digits for MNIST).
   """
 
   file: str
@@ -41,10 +45,17 @@ class Prediction:
   image: np.ndarray | None = None
   original: np.ndarray | None = None
   error: str | None = None
+  class_names: tuple[str, ...] = datasets.DATASETS['mnist'].class_names
 
   @property
   def digit(self) -> int:
+    """The predicted class's number (a digit for MNIST)."""
     return int(np.argmax(self.probabilities))
+
+  @property
+  def label(self) -> str:
+    """The predicted class's name."""
+    return self.class_names[self.digit]
 
   @property
   def probability(self) -> float:
@@ -58,9 +69,10 @@ class Prediction:
   def to_json(self) -> dict[str, Any]:
     if self.error is not None:
       return {'file': self.file, 'error': self.error}
-    return {'file': self.file, 'digit': self.digit,
+    return {'file': self.file, 'digit': self.digit, 'label': self.label,
             'probability': self.probability,
-            'top3': [{'digit': d, 'probability': p} for d, p in self.top3]}
+            'top3': [{'digit': d, 'label': self.class_names[d], 'probability': p}
+                     for d, p in self.top3]}
 
 
 def _forward(apply_fn, params, images_BHW1: jax.Array) -> jax.Array:
@@ -73,7 +85,9 @@ class Predictor:
   """A workdir's latest checkpoint, restored once, ready to classify."""
 
   def __init__(self, workdir: str):
-    _, state = train.restore_workdir(workdir)
+    config, state = train.restore_workdir(workdir)
+    self.dataset = config.dataset
+    self.class_names = datasets.get(config.dataset).class_names
     self._params = state.params
     self._forward = jax.jit(functools.partial(_forward, state.apply_fn))
 
@@ -98,7 +112,7 @@ class Predictor:
     inputs = []
     for i, image in enumerate(images):
       try:
-        inputs.append(preprocess.prepare(image).image)
+        inputs.append(preprocess.prepare(image, self.dataset).image)
       except DataError as e:
         name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f'image {i}'
         raise DataError(f'{name}: {e}') from None
@@ -115,7 +129,8 @@ class Predictor:
       for start in range(0, len(files), BATCH_SIZE):
         loaded = [(file, *_load(file, error))
                   for file, error in files[start:start + BATCH_SIZE]]
-        made = pool.map(_make_input, [gray for _, gray, _ in loaded])
+        made = pool.map(functools.partial(_make_input, self.dataset),
+                        [gray for _, gray, _ in loaded])
         for (file, gray, error), (image, problem) in zip(loaded, made):
           # The original is kept for errors too: it shows why there was no digit.
           original = None if gray is None else _thumbnail(gray)
@@ -124,7 +139,7 @@ class Predictor:
         np.asarray([image for _, image, _, _ in rows if image is not None],
                    np.uint8)))
     return [Prediction(file, None if image is None else next(probabilities),
-                       image, original, error)
+                       image, original, error, self.class_names)
             for file, image, original, error in rows]
 
 
@@ -138,13 +153,14 @@ def _load(file: str, error: str | None) -> tuple[np.ndarray | None, str | None]:
     return None, str(e)
 
 
-def _make_input(gray: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
-  """(the MNIST input, None), (None, why there is none) or, with no picture,
-  (None, None)."""
+def _make_input(dataset: str, gray: np.ndarray | None
+                ) -> tuple[np.ndarray | None, str | None]:
+  """(the `dataset` input, None), (None, why there is none) or, with no
+  picture, (None, None)."""
   if gray is None:
     return None, None
   try:
-    return preprocess.to_mnist(gray), None
+    return preprocess.MAKERS[dataset](gray), None
   except DataError as e:
     return None, str(e)
 
@@ -212,7 +228,7 @@ def save_inputs(predictions: Sequence[Prediction], path: str) -> None:
       sheet.paste(Image.fromarray(prediction.image).resize(
           (_TILE, _TILE), Image.Resampling.NEAREST), (_TILE + 12, top))
     if prediction.error is None:
-      lines = [f'{d}: {p:.3f}' for d, p in prediction.top3]
+      lines = [f'{prediction.class_names[d]}: {p:.3f}' for d, p in prediction.top3]
       lines[0] = f'predicted {lines[0]}'
     else:
       lines = ['error:', *textwrap.wrap(prediction.error, 48)]

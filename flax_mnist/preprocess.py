@@ -61,10 +61,11 @@ class Prepared:
   original: np.ndarray
 
 
-def prepare(source: ImageSource) -> Prepared:
-  """Reads `source` (a path, PIL image or array) and makes it an MNIST input."""
+def prepare(source: ImageSource, dataset: str = 'mnist') -> Prepared:
+  """Reads `source` (a path, PIL image or array) and makes it an input of
+  `dataset` ('mnist' or 'fashion_mnist')."""
   gray = load_gray(source)
-  return Prepared(to_mnist(gray), np.rint(gray * 255).astype(np.uint8))
+  return Prepared(MAKERS[dataset](gray), np.rint(gray * 255).astype(np.uint8))
 
 
 def load_gray(source: ImageSource) -> np.ndarray:
@@ -176,6 +177,40 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     region, threshold = _find_digit(ink)
   digit = _normalize_strokes(np.clip(ink, 0, 1) * region, threshold)
   return _centre(_fit_box(digit))
+
+
+def to_fashion_mnist(gray: np.ndarray) -> np.ndarray:
+  """A grayscale picture of one article (float in [0, 1]) as a (28, 28) uint8
+  Fashion-MNIST input.
+
+  Zalando made each image from a product photo on a light background:
+  trimmed to the article, its long side scaled to 28 pixels, centred, and
+  negated, so the article is light on black. The same is done here; a 28x28
+  picture on a dark background is taken to be such an image already. Raises
+  `DataError` when nothing stands out from the background.
+  """
+  if gray.shape == (FRAME, FRAME) and not _light_background(gray):
+    return np.rint(gray * 255).astype(np.uint8)
+  if min(gray.shape) < MIN_SIDE:
+    raise DataError(f'{gray.shape[0]}x{gray.shape[1]} pixels is too small to hold '
+                    f'an article (at least {MIN_SIDE} on each side)')
+  article = 1 - gray if _light_background(gray) else gray
+  ring = np.concatenate([article[0], article[-1], article[:, 0], article[:, -1]])
+  background = np.median(ring)
+  mask = article - background > max(_MIN_PEAK, 4 * np.median(np.abs(ring - background)))
+  if not mask.any():
+    raise DataError('no article found (nothing stands out from the background)')
+  top, bottom, left, right = _bbox(mask)
+  article = np.clip(article[top:bottom, left:right] - background, 0, 1)
+  scale = FRAME / max(article.shape)
+  size = (max(1, round(article.shape[1] * scale)),
+          max(1, round(article.shape[0] * scale)))
+  article = np.asarray(Image.fromarray(article / max(article.max(), 1e-6), 'F')
+                       .resize(size, Image.Resampling.BOX))
+  frame = np.zeros((FRAME, FRAME), np.float32)
+  top, left = (FRAME - article.shape[0]) // 2, (FRAME - article.shape[1]) // 2
+  frame[top:top + article.shape[0], left:left + article.shape[1]] = article
+  return np.rint(np.clip(frame, 0, 1) * 255).astype(np.uint8)
 
 
 def looks_like_mnist(gray: np.ndarray) -> bool:
@@ -494,3 +529,7 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 def _odd(size: float) -> int:
   return max(3, int(size) // 2 * 2 + 1)
+
+
+# How a picture becomes an input of each dataset (`Config.dataset`).
+MAKERS = {'mnist': to_mnist, 'fashion_mnist': to_fashion_mnist}

@@ -10,10 +10,11 @@ state), imported only here.
 
 import html
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from flax_mnist import datasets
 from flax_mnist import graph
 from flax_mnist import mistakes
 from flax_mnist import monitor
@@ -34,10 +35,10 @@ PICTURES = {
     'learning_curves.png': 'Learning curves: training batches (light: as '
                            'logged, dark: smoothed) and test evaluations',
     'confusion_matrix.png': 'Confusion matrix on the test set (rows: true '
-                            'digit, columns: predicted; colour: share of the row)',
+                            'class, columns: predicted; colour: share of the row)',
     'mistakes.png': 'The most confident mistakes: true > predicted, with the '
                     "model's probability for its prediction",
-    'per_class_accuracy.png': 'Test accuracy of each digit (dashed: overall)',
+    'per_class_accuracy.png': 'Test accuracy of each class (dashed: overall)',
     'network.svg': 'The network: layers, output shapes and parameters',
 }
 
@@ -71,15 +72,16 @@ def write_report(workdir: str, out: str | None = None, *,
   except OSError as e:
     raise FlaxMnistError(
         f'{out}: cannot create the report folder ({e.strerror})') from None
+  class_names = datasets.get(config.dataset).class_names
   confusion = confusion_matrix(labels, logits.argmax(-1))
   plots = {'learning_curves.png': learning_curves(metrics),
-           'confusion_matrix.png': confusion_figure(confusion),
-           'per_class_accuracy.png': per_class_figure(confusion)}
+           'confusion_matrix.png': confusion_figure(confusion, class_names),
+           'per_class_accuracy.png': per_class_figure(confusion, class_names)}
   for name, figure in plots.items():
     figure.savefig(os.path.join(out, name))
   mistakes.sheet(data.test_images, labels, logits, rows=MISTAKE_ROWS,
-                 columns=MISTAKE_COLUMNS, scale=MISTAKE_SCALE
-                 ).save(os.path.join(out, 'mistakes.png'))
+                 columns=MISTAKE_COLUMNS, scale=MISTAKE_SCALE,
+                 class_names=class_names).save(os.path.join(out, 'mistakes.png'))
   graph.save(config.model, os.path.join(out, 'network.svg'))
   path = os.path.join(out, 'report.html')
   with open(path, 'w', encoding='utf-8') as f:
@@ -94,7 +96,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 def confusion_matrix(labels_N: np.ndarray, predicted_N: np.ndarray) -> np.ndarray:
-  """(10, 10) counts: row = true digit, column = predicted digit."""
+  """(10, 10) counts: row = true class, column = predicted class."""
   counts = np.zeros((10, 10), np.int64)
   np.add.at(counts, (labels_N, predicted_N), 1)
   return counts
@@ -154,19 +156,30 @@ def learning_curves(metrics: list[dict[str, Any]]):
   return figure
 
 
-def confusion_figure(confusion: np.ndarray):
+def _ticks(axes, class_names: Sequence[str], *axis_names: str) -> str:
+  """Labels `axis_names`' ticks with the class names; 'digit' or 'class'."""
+  for axis in axis_names:
+    getattr(axes, f'set_{axis}ticks')(range(len(class_names)), class_names,
+                                      rotation=45 if axis == 'x' and
+                                      class_names != mistakes.DIGITS else 0)
+  return 'digit' if class_names == mistakes.DIGITS else 'class'
+
+
+def confusion_figure(confusion: np.ndarray,
+                     class_names: Sequence[str] = mistakes.DIGITS):
   """The confusion matrix, each cell its count, coloured by its row share."""
   figure = _figure(CONFUSION_SIZE)
   axes = figure.subplots()
   shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
   image = axes.imshow(shares, cmap='Blues', norm=_log_norm())
-  figure.colorbar(image, ax=axes, label='share of the true digit (log scale)')
+  noun = _ticks(axes, class_names, 'x', 'y')
+  figure.colorbar(image, ax=axes, label=f'share of the true {noun} (log scale)')
   for (row, column), count in np.ndenumerate(confusion):
     if count:
       axes.text(column, row, str(count), ha='center', va='center', fontsize=8,
                 color='white' if shares[row, column] > 0.5 else 'black')
-  axes.set(xticks=range(10), yticks=range(10), xlabel='predicted digit',
-           ylabel='true digit', title='confusion matrix (test set)')
+  axes.set(xlabel=f'predicted {noun}', ylabel=f'true {noun}',
+           title='confusion matrix (test set)')
   return figure
 
 
@@ -176,8 +189,9 @@ def _log_norm():
   return LogNorm(vmin=1e-4, vmax=1, clip=True)
 
 
-def per_class_figure(confusion: np.ndarray):
-  """Each digit's test accuracy as a bar, labelled, beside the overall one."""
+def per_class_figure(confusion: np.ndarray,
+                     class_names: Sequence[str] = mistakes.DIGITS):
+  """Each class's test accuracy as a bar, labelled, beside the overall one."""
   figure = _figure(PER_CLASS_SIZE)
   axes = figure.subplots()
   totals = confusion.sum(1)
@@ -186,10 +200,11 @@ def per_class_figure(confusion: np.ndarray):
   axes.bar_label(bars, [f'{a:.1%}' for a in accuracy], fontsize=8)
   overall = np.trace(confusion) / max(confusion.sum(), 1)
   axes.axhline(overall, color='C3', linestyle='--', label=f'overall {overall:.2%}')
-  # Bars from a floor near the worst digit: from 0 they would all look full.
+  # Bars from a floor near the worst class: from 0 they would all look full.
   low = max(0.0, np.floor(accuracy.min() * 20 - 1) / 20)
-  axes.set(xticks=range(10), ylim=(low, 1.005), xlabel='true digit',
-           ylabel='accuracy', title='test accuracy per digit')
+  noun = _ticks(axes, class_names, 'x')
+  axes.set(ylim=(low, 1.005), xlabel=f'true {noun}', ylabel='accuracy',
+           title=f'test accuracy per {noun}')
   axes.legend(loc='lower right')
   return figure
 

@@ -22,6 +22,7 @@ import urllib.request
 
 import numpy as np
 
+from flax_mnist import datasets
 from flax_mnist import idx
 from flax_mnist import progress
 from flax_mnist.errors import DataError, first_line
@@ -51,14 +52,15 @@ def _tfds():
   return tfds
 
 
-def load_splits(data_dir: str | None = None
+def load_splits(data_dir: str | None = None, name: str = 'mnist'
                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-  """((train images, labels), (test images, labels)) from tfds's `mnist`.
+  """((train images, labels), (test images, labels)) from tfds's `name`
+  (`mnist` or `fashion_mnist`).
 
   Downloads and prepares it on first use, into `data_dir` (default: tfds's).
   """
   tfds = _tfds()
-  builder = tfds.builder('mnist', data_dir=data_dir)
+  builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     _check_reachable(builder)
     try:
@@ -66,7 +68,7 @@ def load_splits(data_dir: str | None = None
     except Exception as e:  # tfds raises many types for a failed download.
       reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
       raise DataError(
-          f'could not download MNIST with tensorflow-datasets into '
+          f'could not download {name} with tensorflow-datasets into '
           f'{builder.data_dir} ({type(e).__name__}: {reason[:200]}); '
           f'{_OFFLINE_HINT}') from None
   splits = tfds.as_numpy(builder.as_dataset(
@@ -82,36 +84,37 @@ def _check_reachable(builder) -> None:
   try:
     socket.create_connection((url.hostname, url.port or 443), timeout=10).close()
   except OSError as e:
-    raise DataError(f'cannot reach {url.hostname} to download MNIST with '
+    raise DataError(f'cannot reach {url.hostname} to download {builder.name} with '
                     f'tensorflow-datasets ({e}); {_OFFLINE_HINT}') from None
 
 
 def prepare(idx_dir: str, data_dir: str | None = None,
-            progress_bar: bool = False) -> str:
-  """Builds tfds's `mnist` in `data_dir` from the IDX files in `idx_dir`.
+            progress_bar: bool = False, dataset: str = 'mnist') -> str:
+  """Builds tfds's `dataset` in `data_dir` from the IDX files in `idx_dir`.
 
   Returns the prepared dataset's folder. No network is used. Each step is
   logged; with `progress_bar` the file checks and tfds's build draw bars,
   without it tfds's own bars are turned off (a process-wide tfds setting).
   """
   tfds = _tfds()
-  with progress.bar(progress_bar, len(idx.FILES), 'checking', 'files') as bar:
-    for key in idx.FILES:
+  files = datasets.get(dataset).files
+  with progress.bar(progress_bar, len(files), 'checking', 'files') as bar:
+    for key, expected in files.items():
       path = idx.find(idx_dir, key)
-      idx.check_content(path, idx.read_bytes(path), idx.FILES[key])
-      logger.info('%s: the official %s', path, idx.FILES[key].name)
+      idx.check_content(path, idx.read_bytes(path), expected)
+      logger.info('%s: the official %s %s', path, expected.dataset, expected.name)
       bar.update(1)
   from etils import epath
   from tensorflow_datasets.core.download import resource
   tfds.display_progress_bar(progress_bar)
-  builder = tfds.builder('mnist', data_dir=data_dir)
+  builder = tfds.builder(datasets.get(dataset).tfds_name, data_dir=data_dir)
   if builder.is_prepared():
     return builder.data_dir
   # Where download_and_prepare looks by default, so later loads find it too.
   download_dir = os.path.join(builder.data_dir_root, 'downloads')
   for url, url_info in builder.url_infos.items():
     name = url_info.filename.removesuffix('.gz')
-    key = next(k for k, f in idx.FILES.items() if f.name == name)
+    key = next(k for k, f in files.items() if f.name == name)
     cached = os.path.join(download_dir, builder.name,
                           resource.get_dl_fname(url, url_info.checksum))
     os.makedirs(os.path.dirname(cached), exist_ok=True)
@@ -119,11 +122,12 @@ def prepare(idx_dir: str, data_dir: str | None = None,
     resource.write_info_file(url=url, path=epath.Path(cached),
                              dataset_name=builder.name,
                              original_fname=url_info.filename, url_info=url_info)
-  logger.info("building tensorflow-datasets' mnist in %s", builder.data_dir)
+  logger.info("building tensorflow-datasets' %s in %s", builder.name,
+              builder.data_dir)
   try:
     builder.download_and_prepare(download_dir=download_dir)
   except Exception as e:  # tfds's own errors have no common base class.
-    raise DataError(f'tensorflow-datasets could not build mnist in '
+    raise DataError(f'tensorflow-datasets could not build {builder.name} in '
                     f'{builder.data_dir} ({type(e).__name__}: {e})') from None
   return builder.data_dir
 

@@ -540,7 +540,8 @@ def restore_with_data(workdir: str, **data_fields
 
 def _load_data(config: configs.Config) -> input_pipeline.Mnist:
   return input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                             config.verify_data, config.data_source)
+                             config.verify_data, config.dataset,
+                             config.data_source)
 
 
 def evaluate_workdir(workdir: str, *, progress_bar: bool = False, **data_fields

@@ -1,6 +1,8 @@
-"""Shared fixtures: the real MNIST (shipped in the package) and small data made here."""
+"""Shared fixtures: the real MNIST (shipped in the package), Fashion-MNIST
+(FLAX_MNIST_FASHION_DIR) and small data made here."""
 
 import gzip
+import os
 import pathlib
 
 import numpy as np
@@ -10,12 +12,23 @@ from flax_mnist import idx
 from flax_mnist import input_pipeline
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# Fashion-MNIST's four IDX files, where Debian's dataset-fashion-mnist puts them.
+FASHION_MNIST_DIR = os.environ.get('FLAX_MNIST_FASHION_DIR',
+                                   '/usr/share/datasets/fashion-mnist')
 
 
 @pytest.fixture(scope='session')
 def mnist_dir() -> str:
   """The folder of the four real IDX files: the package's own."""
   return idx.PACKAGED_DIR
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_dir() -> str:
+  if not os.path.isdir(FASHION_MNIST_DIR):
+    pytest.skip(f'Fashion-MNIST not found at {FASHION_MNIST_DIR} (apt-get install '
+                'dataset-fashion-mnist, or set FLAX_MNIST_FASHION_DIR)')
+  return FASHION_MNIST_DIR
 
 
 def write_idx(path: str, array: np.ndarray, magic: int | None = None) -> None:

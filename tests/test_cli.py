@@ -14,7 +14,8 @@ def _run(*args, timeout=300):
 
 
 @pytest.mark.parametrize('args', [[], ['train'], ['eval'], ['summary'], ['report'],
-                                  ['data'], ['data', 'prepare'], ['data', 'verify']])
+                                  ['export'], ['data'], ['data', 'prepare'],
+                                  ['data', 'verify']])
 def test_help_everywhere(args, capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main([*args, '--help'])

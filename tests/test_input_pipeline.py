@@ -87,3 +87,9 @@ def test_the_packaged_mnist_is_verified_whatever_is_asked(tmp_path, monkeypatch)
 def test_one_source_at_a_time(options, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     input_pipeline.load(**options)
+
+
+def test_the_package_ships_mnist_only():
+  with pytest.raises(DataError, match='the package ships MNIST only: read '
+                                      'Fashion-MNIST from --data-dir DIR or --source tfds'):
+    input_pipeline.load(dataset='fashion_mnist')

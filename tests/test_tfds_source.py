@@ -46,6 +46,23 @@ print('same examples')
   assert out.returncode == 0 and 'same examples' in out.stdout, out.stderr[-3000:]
 
 
+def test_prepare_builds_tfds_fashion_mnist_from_debians_files(fashion_mnist_dir,
+                                                             tmp_path):
+  code = f'''
+import numpy as np
+from flax_mnist import input_pipeline, tfds_source
+tfds_source.prepare({fashion_mnist_dir!r}, {str(tmp_path)!r}, dataset='fashion_mnist')
+from_tfds = input_pipeline.load(tfds_data_dir={str(tmp_path)!r}, dataset='fashion_mnist',
+                               source='tfds')
+from_idx = input_pipeline.from_idx_dir({fashion_mnist_dir!r}, dataset='fashion_mnist')
+for field in ('train_images', 'train_labels', 'test_images', 'test_labels'):
+  np.testing.assert_array_equal(getattr(from_tfds, field), getattr(from_idx, field))
+print('same examples')
+'''
+  out = _python(code)
+  assert out.returncode == 0 and 'same examples' in out.stdout, out.stderr[-3000:]
+
+
 def test_prepare_refuses_damaged_files(tiny_idx_dir, tmp_path):
   out = _python(f'''
 from flax_mnist import tfds_source
