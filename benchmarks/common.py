@@ -11,6 +11,10 @@ import sys
 import jax
 
 from flax_mnist import idx
+from flax_mnist import malloc
+
+# Every benchmark runs with the allocator the command line uses.
+malloc.keep_freed_memory()
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The real MNIST, shipped in the package.

@@ -9,6 +9,7 @@ import traceback
 
 from flax_mnist import configs
 from flax_mnist import input_pipeline
+from flax_mnist import malloc
 from flax_mnist import progress
 from flax_mnist.datasets import DATASETS
 from flax_mnist.errors import FlaxMnistError, TrainingStopped
@@ -299,6 +300,8 @@ def _show_progress(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  # XLA:CPU's buffers otherwise go back to the OS at every step (malloc.py).
+  malloc.keep_freed_memory()
   _show_progress(args)
   command = {'train': _train, 'eval': _eval, 'summary': _summary,
              'report': _report, 'predict': _predict, 'export': _export,
