@@ -22,6 +22,7 @@ from flax_mnist.errors import (ConfigError, DataError, FlaxMnistError,
                                TrainingDiverged, TrainingStopped)
 from flax_mnist.evaluation import eval_step, evaluate, evaluate_workdir
 from flax_mnist.graph import save as save_graph
+from flax_mnist.idx import PACKAGED_DIR as MNIST_DIR
 from flax_mnist.idx import load_split as load_idx_split
 from flax_mnist.input_pipeline import (Mnist, Split, epoch_permutation,
                                        from_arrays, to_device, train_batch)
@@ -38,7 +39,7 @@ __all__ = [
     # Configs and presets.
     'Config', 'PRESETS', 'get_preset', 'apply_overrides',
     # Data.
-    'Mnist', 'Split', 'load_mnist', 'load_idx_split', 'from_arrays', 'to_device',
+    'MNIST_DIR', 'Mnist', 'Split', 'load_mnist', 'load_idx_split', 'from_arrays', 'to_device',
     'epoch_permutation', 'train_batch', 'model_input',
     # Models.
     'MODELS', 'create_model', 'init_params', 'count_params', 'format_summary',

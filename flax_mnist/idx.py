@@ -3,6 +3,9 @@
 Files may be gzipped (`NAME.gz`) or not (`NAME`). They are verified by the
 md5 and sha256 of their uncompressed content, which do not depend on how a
 mirror compressed them. Every problem is a `DataError` naming the file.
+
+The package ships the four official files (`PACKAGED_DIR`, CC BY-SA 3.0, see
+its README.md): the default data source, read like any other folder.
 """
 
 import dataclasses
@@ -26,7 +29,10 @@ class IdxFile:
   dataset: str = 'MNIST'
 
 
-# The official files' uncompressed content (see ../shared/mnist/README.md).
+# The four official files, gzipped, inside the package.
+PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+
+# The official files' uncompressed content (see data/README.md).
 FILES = {
     'train_images': IdxFile(
         'train-images-idx3-ubyte', 0x803, (60000, 28, 28),

@@ -1,6 +1,6 @@
-"""MNIST as arrays, from a folder of IDX files or from tfds, and batches on device.
+"""MNIST as arrays, from IDX files (the package's own or a folder's) or tfds, and batches on device.
 
-Both sources return the same `Mnist`: each split in one canonical order
+Every source returns the same `Mnist`: each split in one canonical order
 (sorted by image bytes, then label), so a run is the same whichever source fed
 it. The whole dataset is put on the device once; each epoch is a permutation
 drawn from an explicit key, and batches are gathered on the device. Images
@@ -19,7 +19,10 @@ from flax_mnist import datasets
 from flax_mnist import idx
 from flax_mnist import inputs
 from flax_mnist import parallel
-from flax_mnist.errors import DataError
+from flax_mnist.errors import ConfigError, DataError, check_choice
+
+# Where the data comes from when no folder of IDX files is given.
+SOURCES = ('package', 'tfds')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +83,44 @@ def from_idx_dir(data_dir: str, verify: bool = True,
 
 
 def load(data_dir: str | None = None, tfds_data_dir: str | None = None,
-         verify: bool = True, dataset: str = 'mnist') -> Mnist:
-  """`dataset` (default MNIST) from `data_dir` if given, else from
-  tensorflow-datasets.
+         verify: bool = True, dataset: str = 'mnist',
+         source: str = 'package') -> Mnist:
+  """`dataset` (default MNIST) from the IDX folder `data_dir` if given, else
+  from `source`.
 
-  >>> data = load('mnist', verify=False)  # a folder of the four IDX files
+  Sources: 'package', MNIST's official files shipped in this package (always
+  verified; no network, no TensorFlow), or 'tfds', tensorflow-datasets' own
+  builder in `tfds_data_dir` (needs the `tfds` extra). All give the same arrays.
+
+  >>> data = load()  # the packaged MNIST
   >>> data.train_images.dtype, data.train_images.shape[1:], data.train_labels.dtype
   (dtype('uint8'), (28, 28, 1), dtype('int32'))
   """
-  if data_dir is not None:
-    return from_idx_dir(data_dir, verify, dataset)
-  # Imported here only: TensorFlow must stay out of runs that use IDX files.
-  from flax_mnist import tfds_source
-  return from_arrays(*tfds_source.load_splits(tfds_data_dir,
-                                              datasets.get(dataset).tfds_name))
+  check_source(source, data_dir, tfds_data_dir)
+  if source == 'tfds':
+    # Imported here only: TensorFlow must stay out of every other source.
+    from flax_mnist import tfds_source
+    return from_arrays(*tfds_source.load_splits(tfds_data_dir,
+                                                datasets.get(dataset).tfds_name))
+  if data_dir is None:
+    if dataset != 'mnist':
+      raise DataError(f'the package ships MNIST only: read '
+                      f'{datasets.get(dataset).title} from --data-dir DIR or '
+                      '--source tfds')
+    return from_idx_dir(idx.PACKAGED_DIR, True, dataset)
+  return from_idx_dir(data_dir, verify, dataset)
+
+
+def check_source(source: str, data_dir: str | None,
+                 tfds_data_dir: str | None) -> None:
+  """Raises a `ConfigError` unless the options name one source."""
+  check_choice('data source', source, SOURCES)
+  if source == 'tfds' and data_dir is not None:
+    raise ConfigError(f"data_dir {data_dir} and data source 'tfds' are two "
+                      'sources: give one')
+  if source != 'tfds' and tfds_data_dir is not None:
+    raise ConfigError(f"tfds_data_dir {tfds_data_dir} is for data source "
+                      f"'tfds', not {source!r}")
 
 
 class Split(NamedTuple):

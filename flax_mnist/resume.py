@@ -99,12 +99,22 @@ def restore_with_data(workdir: str, **data_fields
                       ) -> tuple[configs.Config, core.TrainState, input_pipeline.Mnist]:
   """`workdir`'s latest config and state, and the data to evaluate it on.
 
-  `data_fields` (`data_dir`, `tfds_data_dir`, `verify_data`) replace the run's
-  own; by default the data the run was trained on is read.
+  `data_fields` (`data_dir`, `data_source`, `tfds_data_dir`, `verify_data`)
+  replace the run's own; by default the data the run was trained on is read.
   """
   config, state = restore_workdir(workdir)
-  if 'data_dir' in data_fields or 'tfds_data_dir' in data_fields:
-    data_fields = {'data_dir': None, 'tfds_data_dir': None, **data_fields}
+  source_fields = ('data_dir', 'data_source', 'tfds_data_dir')
+  if set(source_fields) & set(data_fields):
+    # A new source replaces the whole old one, whose other options are unset.
+    defaults = configs.Config()
+    data_fields = {**{name: getattr(defaults, name) for name in source_fields},
+                   **data_fields}
   config = dataclasses.replace(config, **data_fields)
-  return config, state, input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                            config.verify_data, config.dataset)
+  return config, state, load_data(config)
+
+
+def load_data(config: configs.Config) -> input_pipeline.Mnist:
+  """The data `config` names: its dataset from its source."""
+  return input_pipeline.load(config.data_dir, config.tfds_data_dir,
+                             config.verify_data, config.dataset,
+                             config.data_source)

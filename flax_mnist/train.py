@@ -43,7 +43,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
                        ) -> tuple[core.TrainState, dict[str, Any]]:
   """Trains (resuming from `workdir`'s latest checkpoint) and evaluates.
 
-  `data` defaults to `config.data_dir` (IDX files) or tensorflow-datasets.
+  `data` defaults to the config's source (`input_pipeline.load`).
   Figures go to the log, `metrics.jsonl` and TensorBoard (`monitor`), and to
   terminal progress bars with `progress_bar`. Returns the final state and the
   final test metrics (`test_accuracy`, `test_loss`, `num_examples`, `step`,
@@ -68,8 +68,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     # A refused resume should not wait for the data to load.
     state, saved = resume.resume(config, ckpt, workdir, dp)
     if data is None:
-      data = input_pipeline.load(config.data_dir, config.tfds_data_dir,
-                                 config.verify_data, config.dataset)
+      data = resume.load_data(config)
     num_train = len(data.train_labels)
     if saved and saved['num_train'] != num_train:
       raise FlaxMnistError(

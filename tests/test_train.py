@@ -97,12 +97,11 @@ def test_evaluate_workdir(tiny_idx_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_from_idx_imports_no_tensorflow(mnist_dir, tmp_path):
+def test_training_on_the_packaged_mnist_imports_no_tensorflow(tmp_path):
   code = f'''
 import sys, dataclasses
 from flax_mnist import configs, train
-config = dataclasses.replace(configs.get_preset('beginners'), steps=300,
-                             data_dir={mnist_dir!r})
+config = dataclasses.replace(configs.get_preset('beginners'), steps=300)
 _, results = train.train_and_evaluate(config, {str(tmp_path)!r})
 assert results['num_examples'] == 10000, results
 assert results['test_accuracy'] > 0.88, results
@@ -139,8 +138,18 @@ def test_steps_per_dispatch_does_not_change_the_result(tiny_mnist, tmp_path, mod
       dataclasses.replace(config, steps_per_dispatch=1), str(tmp_path / 'a'), tiny_mnist)
   many, results_many = train.train_and_evaluate(
       dataclasses.replace(config, steps_per_dispatch=8), str(tmp_path / 'b'), tiny_mnist)
+  # Inside lax.scan XLA:CPU sums a convolution's input gradient in another
+  # order (up to 1.1e-5 apart on unit-sized values, on JAX 0.10.2 and 0.12.0.1
+  # alike; the forward pass, the dense layers and ops.py's kernel gradient
+  # are bitwise equal), and 30 Adam steps amplify that to 4.2e-6 on both, as
+  # much as a learning rate one float32 ulp higher does. The old rtol 1e-5,
+  # atol 1e-6 passed on 0.10.2 only because the largest difference fell on a
+  # large parameter. One step fewer moves a parameter by 1.2e-3, so atol 1e-4
+  # still catches a step's mistake.
+  # Softmax regression has no convolution: bitwise equal.
+  atol = 1e-4 if model == 'keras_cnn' else 0
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=atol),
       one.params, many.params)
   logged = [[json.loads(line) for line in open(tmp_path / d / 'metrics.jsonl')]
             for d in 'ab']
