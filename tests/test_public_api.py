@@ -31,7 +31,7 @@ def doctest_dir(tmp_path_factory):
 def test_every_public_name_has_an_example():
   for name in flax_mnist.__all__:
     value = getattr(flax_mnist, name)
-    if isinstance(value, dict) or (inspect.isclass(value) and
+    if isinstance(value, (dict, str)) or (inspect.isclass(value) and
                                    issubclass(value, Exception)):
       continue
     assert '>>>' in (inspect.getdoc(value) or ''), name
