@@ -65,7 +65,17 @@ _TEMPORARY = '.orbax-checkpoint-tmp'
 
 
 class Checkpointer:
-  """Saves and restores the checkpoints under `WORKDIR/checkpoints`."""
+  """Saves and restores the checkpoints under `WORKDIR/checkpoints`.
+
+  >>> import flax_mnist
+  >>> state = flax_mnist.create_train_state(flax_mnist.get_preset('beginners'))
+  >>> with Checkpointer('runs/example') as ckpt:
+  ...   ckpt.save(0, state, {'note': 'any JSON'})
+  ...   ckpt.wait()
+  ...   restored, record = ckpt.restore(jax.eval_shape(lambda: state))
+  >>> record, int(restored.step)
+  ({'note': 'any JSON'}, 0)
+  """
 
   def __init__(self, workdir: str, max_to_keep: int = 3, *,
                read_only: bool = False):

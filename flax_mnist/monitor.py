@@ -24,7 +24,7 @@ import numpy as np
 
 from flax_mnist import configs
 from flax_mnist import datasets
-from flax_mnist import input_pipeline
+from flax_mnist import evaluation
 from flax_mnist import mistakes
 from flax_mnist import progress
 from flax_mnist import workdirs
@@ -94,24 +94,28 @@ class TrainMonitor:
     # The logged step is done; the bar trails the device by one dispatch at most.
     self._bar.update(step + 1 - self._bar.n)
 
-  def test_metrics(self, state, test: input_pipeline.Split, batch_size: int,
-                   results: dict[str, Any]) -> None:
-    """One evaluation's `results`; `state` and `test` show its mistakes."""
+  @property
+  def shows_mistakes(self) -> bool:
+    """Whether `test_metrics` wants the evaluation's logits: for TensorBoard's
+    picture of mistakes, not in a multi-process run (whose logits are spread
+    over the processes)."""
+    return self._writer is not None and jax.process_count() == 1
+
+  def test_metrics(self, results: dict[str, Any],
+                   result: evaluation.Evaluation | None = None,
+                   images_NHWC: jax.Array | None = None) -> None:
+    """One evaluation's `results`; with `shows_mistakes`, its logits and the
+    split's images (`result`, `images_NHWC`) show the mistakes."""
     step = self._step = results['step']
     if not self.primary:
       return
     self._metrics_log.write(**results)
     self._scalars(step, {'test/accuracy': results['test_accuracy'],
                          'test/loss': results['test_loss']})
-    # A second pass over the test set: `evaluate` keeps only sums, and
-    # evaluations are rare (the end, or every `eval_every` steps). Not in a
-    # multi-process run, where it would be a collective of this process alone.
-    if self._writer is not None and jax.process_count() == 1:
-      logits = mistakes.split_logits(state, test, batch_size, self.progress_bar)
-      labels = np.asarray(test.labels_N)[np.asarray(test.mask_N)]
-      sheet = mistakes.sheet(test.images_NHWC, labels, logits, rows=MISTAKE_ROWS,
-                             columns=MISTAKE_COLUMNS, scale=MISTAKE_SCALE,
-                             class_names=self._class_names)
+    if self.shows_mistakes and result is not None and result.logits_NC is not None:
+      sheet = mistakes.sheet(images_NHWC, result.labels_N, result.logits_NC,
+                             rows=MISTAKE_ROWS, columns=MISTAKE_COLUMNS,
+                             scale=MISTAKE_SCALE, class_names=self._class_names)
       self._writer.add_image('test/mistakes', np.asarray(sheet)[:, :, None], step,
                              dataformats='HWC')
       self._writer.flush()

@@ -21,9 +21,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from flax_mnist import datasets
-from flax_mnist import input_pipeline
+from flax_mnist import evaluation
+from flax_mnist import inputs
 from flax_mnist import preprocess
-from flax_mnist import train
+from flax_mnist import resume
 from flax_mnist.errors import DataError, FlaxMnistError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class Prediction:
   `image` is the (28, 28) uint8 input the model saw and `original` the
   grayscale picture it was made from, where they could be made.
   `class_names` are the dataset's (the digits for MNIST).
+
+  >>> p = Prediction('seven.png', np.eye(10, dtype=np.float32)[7])
+  >>> p.digit, p.label, p.probability
+  (7, '7', 1.0)
   """
 
   file: str
@@ -78,29 +83,49 @@ class Prediction:
                      for d, p in self.top3]}
 
 
-def _forward(apply_fn, params, images_BHW1: jax.Array) -> jax.Array:
-  logits = apply_fn({'params': params}, input_pipeline.normalize(images_BHW1),
-                    train=False)
-  return jax.nn.softmax(logits)
+def _probabilities(apply_fn, params, images_BHWC: jax.Array) -> jax.Array:
+  return jax.nn.softmax(evaluation.forward(apply_fn, params, images_BHWC))
 
 
 class Predictor:
-  """A workdir's latest checkpoint, restored once, ready to classify."""
+  """A trained model, ready to classify: `Predictor(workdir)` restores the
+  workdir's latest checkpoint, `Predictor.from_state` takes a state in hand.
+
+  >>> import dataclasses, numpy as np
+  >>> from flax_mnist import configs, core
+  >>> state = core.create_train_state(configs.get_preset('beginners'))
+  >>> predictor = Predictor.from_state(state)
+  >>> predictor.probabilities_of_inputs(np.zeros((2, 784), np.float32)).shape
+  (2, 10)
+  """
 
   def __init__(self, workdir: str):
-    config, state = train.restore_workdir(workdir)
-    self.dataset = config.dataset
-    self.class_names = datasets.get(config.dataset).class_names
-    self._params = state.params
-    self._forward = jax.jit(functools.partial(_forward, state.apply_fn))
+    config, state = resume.restore_workdir(workdir)
+    self._use(state, config.dataset)
 
-  def probabilities_of_inputs(self, images_NHW: np.ndarray) -> np.ndarray:
-    """(N, 10) float32 probabilities of (N, 28, 28) uint8 MNIST-style inputs."""
-    images = np.asarray(images_NHW, np.uint8).reshape(-1, 28, 28, 1)
+  @classmethod
+  def from_state(cls, state, dataset: str = 'mnist') -> 'Predictor':
+    """A predictor of `state`'s model, e.g. `train_and_evaluate`'s result,
+    trained on `dataset` (datasets.py)."""
+    predictor = cls.__new__(cls)
+    predictor._use(state, dataset)
+    return predictor
+
+  def _use(self, state, dataset: str) -> None:
+    self.dataset = dataset
+    self.class_names = datasets.get(dataset).class_names
+    self._params = state.params
+    self._forward = jax.jit(functools.partial(_probabilities, state.apply_fn))
+
+  def probabilities_of_inputs(self, images) -> np.ndarray:
+    """(N, 10) float32 probabilities of MNIST-style inputs: white on black,
+    centred, any of `inputs`' kinds (uint8 or floats in [0, 1], (N, 784),
+    (N, 28, 28) or (N, 28, 28, 1))."""
+    images = inputs.model_input(np.asarray(images))
     results = []
     for start in range(0, len(images), BATCH_SIZE):
       batch = images[start:start + BATCH_SIZE]
-      padded = np.zeros((BATCH_SIZE, 28, 28, 1), np.uint8)
+      padded = np.zeros((BATCH_SIZE, 28, 28, 1), np.float32)
       padded[:len(batch)] = batch
       results.append(np.asarray(self._forward(self._params, padded))[:len(batch)])
     return (np.concatenate(results) if results
@@ -114,14 +139,14 @@ class Predictor:
     Raises `DataError` naming the first picture that cannot be used
     (`predict_files` gives a result for each instead).
     """
-    inputs = []
+    made = []
     for i, image in enumerate(preprocess.as_list(images)):
       try:
-        inputs.append(preprocess.prepare(image, self.dataset).image)
+        made.append(preprocess.prepare(image, self.dataset).image)
       except DataError as e:
         name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f'image {i}'
         raise DataError(f'{name}: {e}') from None
-    return self.probabilities_of_inputs(np.asarray(inputs, np.uint8))
+    return self.probabilities_of_inputs(_stack(made))
 
   def predict_files(self, paths: preprocess.ImageSource
                     | Iterable[preprocess.ImageSource]) -> list[Prediction]:
@@ -151,11 +176,15 @@ class Predictor:
           original = None if gray is None else _thumbnail(gray)
           rows.append((file, image, original, error or problem))
     probabilities = iter(self.probabilities_of_inputs(
-        np.asarray([image for _, image, _, _ in rows if image is not None],
-                   np.uint8)))
+        _stack([image for _, image, _, _ in rows if image is not None])))
     return [Prediction(file, None if image is None else next(probabilities),
                        image, original, error, self.class_names)
             for file, image, original, error in rows]
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+  """The prepared (28, 28) uint8 inputs as one (N, 28, 28) array, N >= 0."""
+  return np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
 
 
 def _load(source: preprocess.ImageSource, error: str | None
@@ -179,13 +208,6 @@ def _make_input(dataset: str, gray: np.ndarray | None
     return preprocess.MAKERS[dataset](gray), None
   except DataError as e:
     return None, str(e)
-
-
-def predict_probabilities(workdir: str, images: preprocess.ImageSource
-                          | Iterable[preprocess.ImageSource]) -> np.ndarray:
-  """(N, 10) probabilities that `workdir`'s model gives the pictures (one, or
-  a list)."""
-  return Predictor(workdir).predict_probabilities(images)
 
 
 def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:

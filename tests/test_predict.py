@@ -11,8 +11,10 @@ from PIL import Image
 
 import digits
 from conftest import REPO
-from flax_mnist import cli, configs, idx, input_pipeline, predict, train
+from flax_mnist import cli, configs, idx, input_pipeline, predict, resume, train
 from flax_mnist.errors import DataError
+
+pytestmark = pytest.mark.slow
 
 # Steps of the keras preset the suite's model gets (about 96% on MNIST's
 # test set): full training is too long for CI, so the bar below is lower than
@@ -69,9 +71,9 @@ def test_mnist_png_round_trip_matches_the_arrays(workdir, predictor, mnist_dir,
     Image.fromarray(image).save(path)
   from_files = predictor.predict_files(paths)
   # The array path: the model on the arrays, as evaluation feeds them.
-  _, state = train.restore_workdir(workdir)
+  _, state = resume.restore_workdir(workdir)
   logits = state.apply_fn({'params': state.params},
-                          input_pipeline.normalize(images[..., None]), train=False)
+                          images, train=False)
   direct = np.asarray(jax.nn.softmax(logits))
   np.testing.assert_array_equal(np.stack([p.image for p in from_files]), images)
   assert [p.digit for p in from_files] == list(direct.argmax(1))
@@ -99,12 +101,13 @@ def test_compiles_once_for_any_number(predictor, digit_png):
 
 def test_library_takes_paths_pil_images_and_arrays(workdir, digit_png):
   pil = Image.open(digit_png)
-  probabilities = predict.predict_probabilities(
-      workdir, [digit_png, pil, np.asarray(pil), np.asarray(pil.convert('RGB'))])
+  predictor = predict.Predictor(workdir)
+  probabilities = predictor.predict_probabilities(
+      [digit_png, pil, np.asarray(pil), np.asarray(pil.convert('RGB'))])
   assert probabilities.shape == (4, 10) and probabilities.dtype == np.float32
   np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
   np.testing.assert_allclose(probabilities, probabilities[:1].repeat(4, 0), atol=1e-6)
-  assert predict.predict_probabilities(workdir, []).shape == (0, 10)
+  assert predictor.predict_probabilities([]).shape == (0, 10)
 
 
 def test_library_names_the_bad_image(predictor, digit_png, tmp_path):
