@@ -117,7 +117,7 @@ def test_orbax_configures_no_logging_and_keeps_its_chatter_down(tmp_path):
   script = '''if True:
     import logging, sys
     import flax_mnist
-    from flax_mnist import checkpoint, configs, train
+    from flax_mnist import checkpoint, configs, core
     assert not logging.root.handlers, logging.root.handlers
     state = core.create_train_state(configs.get_preset('beginners'))
     with checkpoint.Checkpointer(sys.argv[1]) as ckpt:

@@ -191,12 +191,12 @@ def test_a_refused_config_writes_nothing(tiny_mnist, tmp_path):
 
 def test_fewer_steps_than_the_workdir_holds_is_refused_leaving_it_alone(
     tiny_mnist, tmp_path):
-  train.train_and_evaluate(_config(model='softmax_regression', optimizer='sgd'),
+  train.train_and_evaluate(_config(model='softmax_regression'),
                            str(tmp_path), tiny_mnist)
   before = {name: (tmp_path / name).read_bytes()
             for name in ('config.json', 'metrics.jsonl')}
   with pytest.raises(ConfigError, match=r'already at step 30, past the 10 steps asked for'):
-    train.train_and_evaluate(_config(model='softmax_regression', optimizer='sgd',
+    train.train_and_evaluate(_config(model='softmax_regression',
                                      steps=10), str(tmp_path), tiny_mnist)
   assert before == {name: (tmp_path / name).read_bytes() for name in before}
 
