@@ -10,9 +10,15 @@ import sys
 
 import jax
 
+from flax_mnist import idx
+from flax_mnist import malloc
+
+# Every benchmark runs with the allocator the command line uses.
+malloc.keep_freed_memory()
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = os.environ.get('FLAX_MNIST_DATA_DIR',
-                                  str(REPO.parent / 'shared' / 'mnist'))
+# The real MNIST, shipped in the package.
+DEFAULT_DATA_DIR = idx.PACKAGED_DIR
 
 
 def cpu_model() -> str:

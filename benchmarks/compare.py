@@ -6,7 +6,7 @@
 For each model at the tutorial's batch size and at 128, trains on the same
 60,000 random images with the same optimizer (Adam 1e-4; SGD 0.5 for softmax
 regression) and reports images/s of:
-- flax-mnist: `train.train_steps`, data on the device, its default steps per
+- flax-mnist: `core.train_steps`, data on the device, its default steps per
   dispatch;
 - flax-examples: the loop of Flax's Linen examples/mnist (host numpy batches
   of a float32 array, one jitted gradient step and one jitted update per
@@ -27,7 +27,7 @@ import optax
 
 import common
 import throughput
-from flax_mnist import configs, models, train
+from flax_mnist import configs, core, models
 
 NUM_EXAMPLES = 60_000
 
@@ -45,7 +45,7 @@ def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int
   opt = optimizer_config(model)
   tx = {'sgd': optax.sgd, 'adam': optax.adam}[opt['optimizer']](opt['learning_rate'])
   params = module.init(jax.random.PRNGKey(0), jnp.ones([1, 28, 28, 1]))['params']
-  state = train.TrainState.create(apply_fn=module.apply, params=params, tx=tx,
+  state = core.TrainState.create(apply_fn=module.apply, params=params, tx=tx,
                                   rng=jax.random.PRNGKey(0))
 
   @jax.jit
@@ -135,7 +135,7 @@ def main():
   for model in args.models:
     for batch_size in sorted({throughput.TUTORIAL_BATCH[model], 128}):
       ours = throughput.measure(model, batch_size, 'float32',
-                                train.steps_per_dispatch(configs.Config(model=model)),
+                                core.steps_per_dispatch(configs.Config(model=model)),
                                 0.0 if args.smoke else args.seconds, NUM_EXAMPLES)
       if args.smoke:
         steps = 3

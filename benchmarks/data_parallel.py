@@ -85,7 +85,7 @@ def main():
   most = max(args.devices)
   # Before anything starts JAX's CPU backend; accelerators ignore it.
   jax.config.update('jax_num_cpu_devices', most)
-  from flax_mnist import configs, train
+  from flax_mnist import configs, core, evaluation, resume, train
   data = common.mnist(args.data_dir, args.smoke)
   cpu = jax.default_backend() == 'cpu'
   rows, multiple = [], math.lcm(*args.devices)
@@ -95,21 +95,21 @@ def main():
         base, epochs=None, steps=steps, log_every=steps, checkpoint_every=steps,
         batch_size=-(-base.batch_size // multiple) * multiple)
     results = {}
-    runs = [('1 device', 1, train.create_train_state),
-            ('1 device, 1 weight +1e-7', 1, nudged(train.create_train_state)),
-            *((f'{n} devices', n, train.create_train_state) for n in args.devices)]
+    runs = [('1 device', 1, core.create_train_state),
+            ('1 device, 1 weight +1e-7', 1, nudged(core.create_train_state)),
+            *((f'{n} devices', n, core.create_train_state) for n in args.devices)]
     for name, devices, create in runs:
       with tempfile.TemporaryDirectory() as workdir, \
-           unittest.mock.patch.object(train, 'create_train_state', create):
+           unittest.mock.patch.object(core, 'create_train_state', create):
         state, metrics = train.train_and_evaluate(
             dataclasses.replace(config, num_devices=devices), workdir, data)
         results[name] = jax.device_get(state.params), metrics['test_accuracy']
     if cpu and not args.smoke:
       with tempfile.TemporaryDirectory() as workdir:
         run_processes(preset, config, most, args.data_dir, workdir)
-        params = jax.device_get(train.restore_workdir(workdir)[1].params)
+        params = jax.device_get(resume.restore_workdir(workdir)[1].params)
         results[f'2 processes x {most // 2}'] = (
-            params, train.evaluate_workdir(workdir)['test_accuracy'])
+            params, evaluation.evaluate_workdir(workdir)['test_accuracy'])
     for name, (params, accuracy) in results.items():
       rows.append({'preset': preset, 'run': name, 'batch': config.batch_size,
                    'steps': steps, 'test_accuracy': accuracy,

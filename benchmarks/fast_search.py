@@ -26,6 +26,8 @@ def main():
                       default=[1e-3, 2e-3, 4e-3])
   parser.add_argument('--epochs', nargs='+', type=float, default=[1, 2, 3])
   parser.add_argument('--seeds', nargs='+', type=int, default=[1, 2])
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      dest='overrides', help='another config field, e.g. adam_b1=0.7')
   args = parser.parse_args()
   data = common.mnist(args.data_dir, args.smoke)
   grid = list(itertools.product(args.batch_sizes, args.learning_rates,
@@ -35,7 +37,7 @@ def main():
   rows = []
   for batch_size, learning_rate, epochs, seed in grid:
     config = dataclasses.replace(
-        configs.keras(), model=args.model, batch_size=batch_size,
+        configs.apply_overrides(configs.keras(), args.overrides), model=args.model, batch_size=batch_size,
         learning_rate=learning_rate, epochs=epochs, seed=seed,
         lr_schedule='cosine', checkpoint_every=10**9, max_checkpoints=1)
     warmup = config.total_steps(len(data.train_labels)) // 10
@@ -47,7 +49,8 @@ def main():
                  'train_s': results['train_seconds'],
                  'compile_s': results['compile_seconds']})
     print(common.format_table(rows[-1:], list(rows[-1])), flush=True)
-  common.report('fast_search', rows, list(rows[0]), args.out, model=args.model)
+  common.report('fast_search', rows, list(rows[0]), args.out, model=args.model,
+                overrides=args.overrides)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@
 
 For each model, batch size (the tutorials' 100, 50 and 32, and 128; on an
 accelerator also 1,024 and 4,096), compute dtype and steps per dispatch:
-images/s, ms per step, the compile time of `train.train_steps`, and the
+images/s, ms per step, the compile time of `core.train_steps`, and the
 achieved TFLOP/s (6 flops per multiply-add of the weighted layers per image:
 5.0 TFLOP per epoch for deep_cnn).
 Images are random: speed does not depend on pixel values.
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
-from flax_mnist import configs, input_pipeline, summary, train
+from flax_mnist import configs, core, input_pipeline, summary
 
 TUTORIAL_BATCH = {'softmax_regression': 100, 'deep_cnn': 50, 'keras_cnn': 32}
 
@@ -25,29 +25,27 @@ TUTORIAL_BATCH = {'softmax_regression': 100, 'deep_cnn': 50, 'keras_cnn': 32}
 def measure(model: str, batch_size: int, dtype: str, dispatch: int,
             min_seconds: float, num_examples: int) -> dict:
   config = configs.Config(model=model, optimizer='adam', learning_rate=1e-4,
-                          batch_size=batch_size, dtype=dtype,
-                          dropout_rate=0.5 if model == 'deep_cnn' else 0.0)
+                          batch_size=batch_size, dtype=dtype)
   rng = np.random.default_rng(0)
   split = input_pipeline.to_device(
       rng.integers(0, 256, (num_examples, 28, 28, 1), np.uint8),
       rng.integers(0, 10, num_examples).astype(np.int32))
   steps_per_epoch = num_examples // batch_size
   dispatch = min(dispatch, steps_per_epoch)
-  state = train.create_train_state(config, num_examples)
+  state = core.create_train_state(config, num_examples)
   flops = 6 * summary.multiply_adds(model) * batch_size
   orders = jnp.stack([jnp.arange(num_examples)] * 2)
-  key = jax.random.PRNGKey(0)
   kwargs = dict(num_steps=dispatch, batch_size=batch_size,
                 steps_per_epoch=steps_per_epoch)
   start = time.perf_counter()
-  train.train_steps.lower(state, split, orders, 0, key, **kwargs).compile()
+  core.train_steps.lower(state, split, orders, 0, **kwargs).compile()
   compile_seconds = time.perf_counter() - start
-  state, _ = train.train_steps(state, split, orders, 0, key, **kwargs)
+  state, _ = core.train_steps(state, split, orders, 0, **kwargs)
   jax.block_until_ready(state)
   steps, start = 0, time.perf_counter()
   while time.perf_counter() - start < min_seconds or steps < 3 * dispatch:
-    state, _ = train.train_steps(state, split, orders, steps % steps_per_epoch,
-                                 key, **kwargs)
+    state, _ = core.train_steps(state, split, orders, steps % steps_per_epoch,
+                                **kwargs)
     steps += dispatch
     if steps % (10 * dispatch) == 0:
       jax.block_until_ready(state)

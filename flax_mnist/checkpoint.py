@@ -8,29 +8,74 @@ catches a checkpoint damaged after that. Restoring goes against an abstract
 (shape-only) state, so no throwaway parameters are materialized, and a
 checkpoint of another model is refused naming the arrays that differ.
 Nothing is unpickled: arrays come from tensorstore, the rest from JSON.
+
+A checkpoint whose files are missing or cut short is found before orbax reads
+it (`damage`), named with the newest intact one; training moves it aside to
+`WORKDIR/damaged_checkpoints/` and resumes from that one.
 """
 
 import hashlib
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
+from absl import logging as absl_logging
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from flax_mnist.errors import FlaxMnistError, first_line
 
 logger = logging.getLogger(__name__)
 
+
+def _absl_log(level: int, msg: str, *args, **kwargs) -> None:
+  """`absl.logging.log` without its `logging.basicConfig()`.
+
+  orbax logs through absl, which configures the root logger at the first
+  message when nothing else has: an application's own `basicConfig` after
+  that does nothing. Here the message goes to the 'absl' logger alone, as
+  any library's, and reaches whatever handlers the application sets up.
+  """
+  converter = absl_logging.converter
+  standard = (converter.STANDARD_DEBUG - (level - 1) if level > converter.ABSL_DEBUG
+              else converter.absl_to_standard(max(level, converter.ABSL_FATAL)))
+  absl_logging.get_absl_logger().log(standard, msg, *args, **kwargs)
+
+
+absl_logging.log = _absl_log
+absl_logging.ABSLLogger.register_frame_to_skip(__file__, _absl_log.__name__)
+# Dependencies' chatter at INFO, for a user who turns INFO on for this
+# library's lines: orbax's some 70 lines a run (each save, restore and wait),
+# JAX's about backends it did not find (TPU, say). Their warnings still show;
+# a level set before this import is kept.
+for _name in ('absl', 'jax._src.xla_bridge'):
+  if logging.getLogger(_name).level == logging.NOTSET:
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 CHECKPOINT_DIR = 'checkpoints'
+# Where training moves a damaged checkpoint: kept for a look, out of orbax's way.
+DAMAGED_DIR = 'damaged_checkpoints'
 # Orbax writes step N into 'N.orbax-checkpoint-tmp...' and renames it when done.
 _TEMPORARY = '.orbax-checkpoint-tmp'
 
 
 class Checkpointer:
-  """Saves and restores the checkpoints under `WORKDIR/checkpoints`."""
+  """Saves and restores the checkpoints under `WORKDIR/checkpoints`.
+
+  >>> import flax_mnist
+  >>> state = flax_mnist.create_train_state(flax_mnist.get_preset('beginners'))
+  >>> with Checkpointer('runs/example') as ckpt:
+  ...   ckpt.save(0, state, {'note': 'any JSON'})
+  ...   ckpt.wait()
+  ...   restored, record = ckpt.restore(jax.eval_shape(lambda: state))
+  >>> record, int(restored.step)
+  ({'note': 'any JSON'}, 0)
+  """
 
   def __init__(self, workdir: str, max_to_keep: int = 3, *,
                read_only: bool = False):
@@ -38,6 +83,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     self._max_to_keep = None if read_only else max_to_keep
     self._writing: int | None = None
+    self._intact: set[int] = set()
     if read_only and not os.path.isdir(self.directory):
       raise FlaxMnistError(f'{workdir}: no checkpoints here (train first: '
                            f'flax-mnist train --workdir {workdir} ...)')
@@ -69,6 +115,65 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def damage(self, step: int) -> str | None:
+    """What is wrong with the files of checkpoint `step`, or None when every
+    array reads back (the digest, checked at restore, vouches for the values).
+
+    The arrays are read one at a time and synchronously: orbax reads them all
+    at once on an event loop and, when one read fails, closes the loop with
+    the others still pending, whose coroutines print tracebacks ("Event loop
+    is closed") when they are collected, as late as the interpreter's exit.
+    """
+    if step in self._intact:
+      return None
+    problem = _damage(os.path.join(self.directory, str(step)))
+    if problem is None:
+      self._intact.add(step)
+    return problem
+
+  def resume_step(self, move_damaged: bool = True) -> int | None:
+    """The newest intact step (None for no checkpoints), for training to
+    resume from; newer damaged ones are moved to `WORKDIR/damaged_checkpoints/`
+    (by the process that `move_damaged`), each with a warning."""
+    steps = self.all_steps()
+    for step in reversed(steps):
+      problem = self.damage(step)
+      if problem is None:
+        return step
+      moved = self._move_aside(step) if move_damaged else None
+      logger.warning('%s/%d: damaged checkpoint (%s)%s; resuming from an earlier '
+                     'one', self.directory, step, problem,
+                     f', moved to {moved}' if moved else '')
+    if steps:
+      raise FlaxMnistError(
+          f'{self.directory}: every checkpoint is damaged (steps '
+          f'{", ".join(map(str, steps))}); train again in a new --workdir')
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    folder = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+    target, copy = os.path.join(folder, str(step)), 1
+    while os.path.exists(target):
+      copy += 1
+      target = os.path.join(folder, f'{step}-{copy}')
+    try:
+      os.makedirs(folder, exist_ok=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    except OSError as e:
+      raise FlaxMnistError(f'{self.directory}/{step}: damaged checkpoint, and it '
+                           f'cannot be moved aside ({e.strerror})') from None
+    self._manager.reload()
+    return target
+
+  def _check_intact(self, step: int) -> None:
+    """Raises, naming the newest intact step, if checkpoint `step` is damaged."""
+    problem = self.damage(step)
+    if problem is None:
+      return
+    earlier = next((s for s in reversed(self.all_steps())
+                    if s < step and self.damage(s) is None), None)
+    raise FlaxMnistError(f'{self.directory}/{step}: {_damaged(problem, step, earlier)}')
+
   def save(self, step: int, state: Any, record: dict) -> None:
     """Starts writing; arrays are copied off the device before this returns.
 
@@ -89,6 +194,7 @@ class Checkpointer:
     """The JSON record (config, data position) of `step`, default the latest;
     one without a value of each `schema` key's type is an error."""
     step = self._resolve(step)
+    self._check_intact(step)
     with self._failing_restore(step):
       record = self._manager.restore(step, args=ocp.args.Composite(
           record=ocp.args.JsonRestore()))['record']
@@ -103,6 +209,7 @@ class Checkpointer:
               ) -> tuple[Any, dict]:
     """(state shaped like `abstract_state`, record) of `step`, default the latest."""
     step = self._resolve(step)
+    self._check_intact(step)
     with self._failing_restore(step):
       saved = self._manager.item_metadata(step)['state']
     mismatch = _mismatch(getattr(saved, 'tree', None), abstract_state)
@@ -118,9 +225,11 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     if 'digest' in items and _get(restored['digest'], 'sha256') != state_digest(
         restored['state']):
-      raise FlaxMnistError(
-          f'{self.directory}/{step}: damaged checkpoint (its arrays do not match '
-          'the SHA-256 written with them); delete this step to use an earlier one')
+      earlier = next((s for s in reversed(self.all_steps())
+                      if s < step and self.damage(s) is None), None)
+      raise FlaxMnistError(f'{self.directory}/{step}: ' + _damaged(
+          'its arrays do not match the SHA-256 written with them', step, earlier,
+          moved=False))
     return restored['state'], restored['record']
 
   def wait(self) -> None:
@@ -189,6 +298,43 @@ class _wrapped:
     if not isinstance(error, Exception):
       return False
     raise FlaxMnistError(self.describe(error)) from error
+
+
+def _damaged(problem: str, step: int, earlier: int | None, moved: bool = True) -> str:
+  """The one line for a damaged checkpoint: what, and the way forward."""
+  if earlier is None:
+    return f'damaged checkpoint ({problem}), and no intact earlier one'
+  forward = ('train on this workdir to resume from it (this one is moved aside)'
+             if moved else 'delete this step to use it')
+  return (f'damaged checkpoint ({problem}); the newest intact one is step '
+          f'{earlier}: {forward}')
+
+
+def _damage(folder: str) -> str | None:
+  """What is missing or unreadable among the files of one checkpoint's arrays."""
+  state = os.path.join(folder, 'state')
+  for name in ('_METADATA', 'manifest.ocdbt'):
+    if not os.path.isfile(os.path.join(state, name)):
+      return f'state/{name} is missing'
+  kvstore = {'driver': 'ocdbt', 'base': f'file://{state}/'}
+  name = None
+  try:
+    keys = ts.KvStore.open(kvstore).result().list().result()
+    names = sorted({key.decode().rsplit('/', 1)[0] for key in keys
+                    if key.endswith((b'/.zarray', b'/zarr.json'))})
+    if not names:
+      return 'no arrays in state/'
+    for name in names:
+      driver = 'zarr3' if f'{name}/zarr.json'.encode() in keys else 'zarr'
+      ts.open({'driver': driver, 'kvstore': {**kvstore, 'path': name + '/'}},
+              open=True).result().read().result()
+  except Exception as e:  # pylint: disable=broad-except
+    # tensorstore: 'CODE: Error reading "KEY" in OCDBT database at ...: why'.
+    why = re.sub(r'^\w+: Error reading .*? at local file "[^"]*": ', '',
+                 first_line(e))
+    what = f'array {name}' if name else 'the array index'
+    return f'{what} cannot be read: {why}'
+  return None
 
 
 def _get(record: Any, key: str) -> Any:

@@ -8,6 +8,8 @@ import sys
 import traceback
 
 from flax_mnist import configs
+from flax_mnist import input_pipeline
+from flax_mnist import malloc
 from flax_mnist import progress
 from flax_mnist.datasets import DATASETS
 from flax_mnist.errors import FlaxMnistError, TrainingStopped
@@ -24,17 +26,22 @@ def _parser() -> argparse.ArgumentParser:
 
   data_source = argparse.ArgumentParser(add_help=False)
   data_source.add_argument(
+      '--source', choices=input_pipeline.SOURCES, dest='data_source',
+      help='where MNIST comes from: package (the default: the official files '
+           'shipped in flax-mnist, no network or TensorFlow needed) or tfds '
+           "(tensorflow-datasets; pip install 'flax-mnist[tfds]')")
+  data_source.add_argument(
       '--data-dir', metavar='DIR',
-      help='folder with the four IDX files (.gz or not) of the dataset '
-           '(MNIST, or Fashion-MNIST with --set dataset=fashion_mnist); no '
-           'network or TensorFlow needed. Default: tensorflow-datasets')
+      help='a folder with the four IDX files (.gz or not) of the dataset '
+           '(MNIST, or Fashion-MNIST with --set dataset=fashion_mnist) instead')
   data_source.add_argument(
       '--tfds-data-dir', metavar='DIR',
-      help="tensorflow-datasets' data dir (default: tfds's own)")
+      help="tensorflow-datasets' data dir (default: tfds's own); implies "
+           '--source tfds')
   data_source.add_argument(
       '--no-verify', dest='verify_data', action='store_const', const=False,
-      help="accept IDX files whose content is not the official dataset's "
-           '(your own data in the same format)')
+      help="accept IDX files in --data-dir whose content is not the official "
+           "dataset's (your own data in the same format)")
 
   output = argparse.ArgumentParser(add_help=False)
   output.add_argument(
@@ -159,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
       'prepare', parents=[output], help="build tfds's mnist from a folder of IDX files",
       description="Build tensorflow-datasets' own `mnist` from a folder of "
                   "the four IDX files, with no network, so that "
-                  "tfds.load('mnist') works offline.")
+                  "tfds.load('mnist') works offline. Needs the tfds extra: "
+                  "pip install 'flax-mnist[tfds]'.")
   prepare.add_argument('dir', metavar='DIR')
   prepare.add_argument('--tfds-data-dir', metavar='DIR',
                        help="tensorflow-datasets' data dir (default: tfds's own)")
@@ -179,6 +187,10 @@ def _data_fields(args) -> dict:
   """The data options given on the command line, folders made absolute."""
   fields = {'data_dir': args.data_dir, 'tfds_data_dir': args.tfds_data_dir}
   fields = {k: os.path.abspath(v) for k, v in fields.items() if v is not None}
+  if args.data_source is not None:
+    fields['data_source'] = args.data_source
+  elif args.tfds_data_dir is not None:
+    fields['data_source'] = 'tfds'
   if args.verify_data is not None:
     fields['verify_data'] = args.verify_data
   return fields
@@ -215,8 +227,8 @@ def _use_compilation_cache() -> None:
 
 
 def _eval(args) -> int:
-  from flax_mnist import train
-  results = train.evaluate_workdir(args.workdir, progress_bar=_progress_bar(args),
+  from flax_mnist import evaluation
+  results = evaluation.evaluate_workdir(args.workdir, progress_bar=_progress_bar(args),
                                    **_data_fields(args))
   if args.json:
     print(json.dumps(results))
@@ -320,6 +332,8 @@ def _show_progress(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  # XLA:CPU's buffers otherwise go back to the OS at every step (malloc.py).
+  malloc.keep_freed_memory()
   _show_progress(args)
   command = {'train': _train, 'eval': _eval, 'summary': _summary,
              'report': _report, 'predict': _predict, 'export': _export,

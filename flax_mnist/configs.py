@@ -3,32 +3,48 @@
 A preset is a function returning a `Config`; its docstring says the command,
 the tutorial's figure and what was measured here. Every field can be changed
 from Python (`dataclasses.replace(config, steps=2000)`) or from the command
-line (`--set steps=2000`); both paths run the same validation.
+line (`--set steps=2000`); both paths run the same validation. The module
+runs over 300 lines for the presets' docstrings (command, tutorial figure,
+measurements), kept beside each preset.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
+import os
 import typing
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from flax_mnist import datasets
-from flax_mnist.errors import ConfigError, check_choice
+from flax_mnist import input_pipeline
+from flax_mnist import models
+from flax_mnist.errors import ConfigError, DataError, check_choice
 from flax_mnist.models import DTYPES, MODELS
 
 OPTIMIZERS = ('sgd', 'adam')
 LR_SCHEDULES = ('constant', 'cosine')
 
-# Fields a resumed run may change: they do not alter what a step computes.
-RESUMABLE_FIELDS = frozenset({
-    'steps', 'epochs', 'steps_per_dispatch', 'num_devices', 'log_every',
-    'eval_every', 'checkpoint_every', 'max_checkpoints', 'eval_batch_size',
-    'data_dir', 'tfds_data_dir', 'verify_data'})
+
+def _resumable(default):
+  """A field a resumed run may change: it does not alter what a step computes."""
+  return dataclasses.field(default=default, metadata={'resumable': True})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a training run depends on. Defaults are the `beginners` run."""
+  """Everything a training run depends on. Defaults are the `beginners` run.
+
+  Fields made with `_resumable` may change when a run resumes; a setting the
+  run would ignore (`adam_b1` with SGD, say) is refused.
+
+  >>> Config(model='deep_cnn').dropout_rate  # the experts tutorial's keep_prob 0.5
+  0.5
+  >>> Config(warmup_steps=100)
+  Traceback (most recent call last):
+    ...
+  flax_mnist.errors.ConfigError: warmup_steps 100 has no effect with lr_schedule 'constant' (leave it at 0)
+  """
 
   model: str = 'softmax_regression'
   optimizer: str = 'sgd'
@@ -42,35 +58,44 @@ class Config:
   adam_eps: float = 1e-8
   batch_size: int = 100
   # Length of the run: `steps` wins when both are set.
-  steps: int | None = 1000
-  epochs: float | None = None
-  dropout_rate: float = 0.0
+  steps: int | None = _resumable(1000)
+  epochs: float | None = _resumable(None)
+  # None: the model's tutorial default (models.DEFAULT_DROPOUT: 0.5 for
+  # deep_cnn, 0 for the models without dropout).
+  dropout_rate: float | None = None
   # Compute type of the layers; parameters and optimizer state stay float32.
   dtype: str = 'float32'
   # Training steps per jitted call (0: the backend's best, see
   # train.steps_per_dispatch); the result does not depend on it.
-  steps_per_dispatch: int = 0
+  steps_per_dispatch: int = _resumable(0)
   # Devices each batch is split over (data parallel; parallel.py): 0 for all
   # of them, of every process. The result does not depend on it beyond float
   # rounding, so a run may resume on another count.
-  num_devices: int = 0
+  num_devices: int = _resumable(0)
   # Seed 1 is the median of the keras preset's seeds 0-4 (README).
   seed: int = 1
-  log_every: int = 100
+  log_every: int = _resumable(100)
   # 0 evaluates only at the end.
-  eval_every: int = 0
-  checkpoint_every: int = 1000
-  max_checkpoints: int = 3
-  eval_batch_size: int = 1000
+  eval_every: int = _resumable(0)
+  checkpoint_every: int = _resumable(1000)
+  max_checkpoints: int = _resumable(3)
+  eval_batch_size: int = _resumable(1000)
   # What the data is ('mnist' or 'fashion_mnist', datasets.py) and where it
-  # comes from: a folder of IDX files, else tfds. Configs saved before the
-  # field existed are MNIST's.
+  # comes from: a folder of IDX files, else data_source: 'package' (MNIST's
+  # files shipped in flax_mnist/data) or 'tfds' (in tfds_data_dir, default
+  # tfds's own). Every source gives the same arrays. Configs saved before
+  # `dataset` existed are MNIST's.
   dataset: str = 'mnist'
-  data_dir: str | None = None
-  tfds_data_dir: str | None = None
-  verify_data: bool = True
+  data_dir: str | None = _resumable(None)
+  data_source: str = _resumable('package')
+  tfds_data_dir: str | None = _resumable(None)
+  verify_data: bool = _resumable(True)
 
   def __post_init__(self):
+    # Saved with the run, so they must mean the same from any directory.
+    for name in ('data_dir', 'tfds_data_dir'):
+      if isinstance(getattr(self, name), str) and getattr(self, name):
+        object.__setattr__(self, name, os.path.abspath(getattr(self, name)))
     for field in dataclasses.fields(self):
       _check_type(field.name, getattr(self, field.name), _field_types()[field.name])
     check_choice('model', self.model, MODELS)
@@ -78,6 +103,11 @@ class Config:
     check_choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
     check_choice('dtype', self.dtype, DTYPES)
     check_choice('dataset', self.dataset, datasets.DATASETS)
+    if self.dropout_rate is None:
+      # Stored resolved, so a checkpoint's config says what ran.
+      object.__setattr__(self, 'dropout_rate',
+                         models.DEFAULT_DROPOUT[self.model] or 0.0)
+    input_pipeline.check_source(self.data_source, self.data_dir, self.tfds_data_dir)
     positive = ['learning_rate', 'batch_size', 'log_every', 'checkpoint_every',
                 'max_checkpoints', 'eval_batch_size', 'adam_eps']
     positive += [name for name in ('steps', 'epochs')
@@ -102,6 +132,32 @@ class Config:
     for name in ('adam_b1', 'adam_b2'):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ConfigError(f'{name} must be in [0, 1), got {getattr(self, name)}')
+    self._refuse_settings_without_effect()
+
+  def _refuse_settings_without_effect(self) -> None:
+    """A setting the run would ignore is an error, not a surprise later.
+
+    Fields left at their defaults pass: every preset and every saved config
+    holds them.
+    """
+    models.check_dropout(self.model, self.dropout_rate)
+    unused = []
+    if self.optimizer != 'adam':
+      unused += [(name, f'optimizer {self.optimizer!r}')
+                 for name in ('adam_b1', 'adam_b2', 'adam_eps')]
+    if self.lr_schedule == 'constant':
+      unused.append(('warmup_steps', "lr_schedule 'constant'"))
+    for name, reason in unused:
+      value, default = getattr(self, name), _DEFAULTS[name]
+      if value != default:
+        raise ConfigError(f'{name} {value!r} has no effect with {reason} '
+                          f'(leave it at {default!r})')
+
+  @classmethod
+  def resumable_fields(cls) -> tuple[str, ...]:
+    """The fields a run resumed from a checkpoint may change."""
+    return tuple(f.name for f in dataclasses.fields(cls)
+                 if f.metadata.get('resumable'))
 
   def total_steps(self, num_train_examples: int) -> int:
     """The run's length in steps; epochs count whole batches only."""
@@ -129,7 +185,23 @@ class Config:
     if unknown:
       raise ConfigError(f'unknown config field(s) {", ".join(sorted(unknown))}; '
                         f'valid fields: {", ".join(_field_types())}')
+    if 'data_source' not in values:
+      values = _from_before_data_source(values)
     return cls(**values)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
+
+def _from_before_data_source(values: dict) -> dict:
+  """A config saved before `data_source` existed, as it now reads.
+
+  tfds was the default source then; the packaged files give the same arrays,
+  so only a run that named a tfds data dir (and no IDX folder) stays on tfds.
+  """
+  if values.get('data_dir') is None and values.get('tfds_data_dir') is not None:
+    return {**values, 'data_source': 'tfds'}
+  return {**values, 'data_source': 'package', 'tfds_data_dir': None}
 
 
 def beginners() -> Config:
@@ -138,7 +210,7 @@ def beginners() -> Config:
   Command: flax-mnist train --preset beginners --workdir runs/beginners
   Tutorial: "about 92%".
   Measured here: 0.9164 test accuracy, 4.9 s wall time for the whole command
-  (2 CPU cores, JAX 0.10.2, --data-dir ../shared/mnist); seed 0 gives 0.9167.
+  (2 CPU cores, JAX 0.10.2, the packaged MNIST); seed 0 gives 0.9167.
   On Fashion-MNIST (--set dataset=fashion_mnist): 0.7539 in 4.5 s; its
   brighter images want a lower rate (learning_rate=0.1: 0.8215).
   """
@@ -200,12 +272,22 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 
 def get_preset(name: str) -> Config:
+  """The preset called `name` (`PRESETS`).
+
+  >>> config = get_preset('keras')
+  >>> config.model, config.optimizer, config.batch_size, config.epochs
+  ('keras_cnn', 'adam', 32, 5)
+  """
   check_choice('preset', name, PRESETS)
   return PRESETS[name]()
 
 
 def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
-  """`config` with each 'KEY=VALUE' applied, values parsed by the field's type."""
+  """`config` with each 'KEY=VALUE' applied, values parsed by the field's type.
+
+  >>> apply_overrides(Config(), ['steps=2_000', 'seed=0']).steps
+  2000
+  """
   types = _field_types()
   changes = {}
   for assignment in assignments:
@@ -218,6 +300,17 @@ def apply_overrides(config: Config, assignments: Iterable[str]) -> Config:
                         f'{", ".join(types)}')
     changes[key] = _parse(key, text.strip(), types[key])
   return dataclasses.replace(config, **changes)
+
+
+@contextlib.contextmanager
+def saved_data_source(workdir: str) -> Iterator[None]:
+  """Says, in a `DataError` from within, that the data's place came from the
+  run's saved config."""
+  try:
+    yield
+  except DataError as e:
+    raise DataError(f"{e} (the data source saved in {workdir}'s config: give "
+                    '--data-dir or --tfds-data-dir to read another)') from None
 
 
 @functools.cache

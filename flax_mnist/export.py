@@ -27,10 +27,11 @@ import numpy as np
 
 from flax_mnist import configs
 from flax_mnist import datasets
+from flax_mnist import evaluation
 from flax_mnist import models
 from flax_mnist import ops
 from flax_mnist import predict
-from flax_mnist import train
+from flax_mnist import resume
 from flax_mnist.errors import FlaxMnistError
 
 FORMATS = ('stablehlo', 'onnx')
@@ -63,7 +64,7 @@ def export_workdir(workdir: str, format: str, out: str | None = None) -> str:
   if format not in FORMATS:
     raise FlaxMnistError(f'unknown export format {format!r}; choose one of: '
                          f'{", ".join(FORMATS)}')
-  config, state = train.restore_workdir(workdir)
+  config, state = resume.restore_workdir(workdir)
   out = out or os.path.join(workdir, 'model' + _SUFFIXES[format])
   about = contract(config, int(state.step))
   if format == 'onnx':
@@ -91,8 +92,8 @@ def _model(config: configs.Config) -> nn.Module:
 def probabilities_fn(config: configs.Config, params: Any):
   """The exported function: (N, 28, 28) uint8 images to (N, 10) probabilities."""
   apply_fn = _model(config).apply
-  return lambda images_NHW: predict._forward(apply_fn, params,
-                                              images_NHW[..., None])
+  return lambda images_NHW: jax.nn.softmax(evaluation.forward(apply_fn, params,
+                                                             images_NHW))
 
 
 def to_stablehlo(config: configs.Config, params: Any) -> jax.export.Exported:

@@ -45,7 +45,12 @@ def _layout(name: str) -> tuple[str, list[_Box], int]:
 
 
 def save(name: str, path: str) -> None:
-  """Draws model `name` into `path`, as SVG or PNG by its extension."""
+  """Draws model `name` into `path`, as SVG or PNG by its extension.
+
+  >>> save('keras_cnn', 'keras_cnn.svg')
+  >>> open('keras_cnn.svg').read(4)
+  '<svg'
+  """
   extension = os.path.splitext(path)[1].lower()
   draw = {'.svg': _save_svg, '.png': _save_png}.get(extension)
   if draw is None:

@@ -3,6 +3,9 @@
 Files may be gzipped (`NAME.gz`) or not (`NAME`). They are verified by the
 md5 and sha256 of their uncompressed content, which do not depend on how a
 mirror compressed them. Every problem is a `DataError` naming the file.
+
+The package ships the four official files (`PACKAGED_DIR`, CC BY-SA 3.0, see
+its README.md): the default data source, read like any other folder.
 """
 
 import dataclasses
@@ -26,7 +29,10 @@ class IdxFile:
   dataset: str = 'MNIST'
 
 
-# The official files' uncompressed content (see ../shared/mnist/README.md).
+# The four official files, gzipped, inside the package.
+PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+
+# The official files' uncompressed content (see data/README.md).
 FILES = {
     'train_images': IdxFile(
         'train-images-idx3-ubyte', 0x803, (60000, 28, 28),
@@ -130,14 +136,38 @@ def load_file(data_dir: str, key: str, verify: bool = True,
   content = read_bytes(path)
   array = parse(path, content, files[key])
   if verify:
-    check_content(path, content, files[key])
+    if not matches(content, files[key]):
+      _check_not_another(path, content, key, files)
+      check_content(path, content, files[key])
+  elif any(array.shape == other.shape for name, other in files.items()
+           if name != key):
+    # Unverified, a file shaped as another official one is checked for being
+    # it, so swapped files are refused even then.
+    _check_not_another(path, content, key, files)
   return array
+
+
+def _check_not_another(path: str, content: bytes, key: str,
+                       files: dict[str, IdxFile]) -> None:
+  """Raise if `content` is another of the official `files`: swapped files
+  would train on the test set and test on the training set."""
+  for name, other in files.items():
+    if name != key and matches(content, other):
+      raise DataError(
+          f'{path}: this is the {name.replace("_", "-")} file (the official '
+          f'{other.name}, by its checksums), not {files[key].name}: the files '
+          'are swapped or misnamed; rename them')
 
 
 def load_split(data_dir: str, split: str, verify: bool = True,
                files: dict[str, IdxFile] = FILES
                ) -> tuple[np.ndarray, np.ndarray]:
-  """(images_NHW uint8, labels_N uint8) of split 'train' or 'test'."""
+  """(images_NHW uint8, labels_N uint8) of split 'train' or 'test'.
+
+  >>> images, labels = load_split('mnist', 'test', verify=False)  # a tiny stand-in
+  >>> images.dtype, images.shape[1:], labels.dtype
+  (dtype('uint8'), (28, 28), dtype('uint8'))
+  """
   images = load_file(data_dir, f'{split}_images', verify, files)
   labels = load_file(data_dir, f'{split}_labels', verify, files)
   _check_pair(data_dir, split, images, labels)

@@ -1,9 +1,11 @@
-"""MNIST as arrays, from a folder of IDX files or from tfds, and batches on device.
+"""MNIST as arrays, from IDX files (the package's own or a folder's) or tfds, and batches on device.
 
-Both sources return the same `Mnist`: each split in one canonical order
+Every source returns the same `Mnist`: each split in one canonical order
 (sorted by image bytes, then label), so a run is the same whichever source fed
 it. The whole dataset is put on the device once; each epoch is a permutation
-drawn from an explicit key, and batches are gathered on the device.
+drawn from an explicit key, and batches are gathered on the device. Images
+go in as `inputs` describes (uint8 or floats in [0, 1], flat or 28x28) and
+are kept as uint8 pixels, scaled to [0, 1] as batches are gathered.
 """
 
 import dataclasses
@@ -11,18 +13,26 @@ import functools
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flax_mnist import datasets
 from flax_mnist import idx
+from flax_mnist import inputs
 from flax_mnist import parallel
-from flax_mnist.errors import DataError
+from flax_mnist.errors import ConfigError, DataError, check_choice
+
+# Where the data comes from when no folder of IDX files is given.
+SOURCES = ('package', 'tfds')
 
 
 @dataclasses.dataclass(frozen=True)
 class Mnist:
-  """Host arrays: images (N, 28, 28, 1) uint8, labels (N,) int32."""
+  """Host arrays: images (N, 28, 28, 1) uint8, labels (N,) int32, each split
+  in its canonical order (`load`, `from_arrays`).
+
+  >>> load('mnist', verify=False).test_images.shape[1:]
+  (28, 28, 1)
+  """
 
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -33,8 +43,8 @@ class Mnist:
 def canonical_order(images_NHW: np.ndarray, labels_N: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
   """The pairs sorted by (image bytes, label), as (N, 28, 28, 1) uint8, int32."""
-  images_NHW = np.ascontiguousarray(images_NHW, np.uint8).reshape(-1, 28, 28)
-  labels_N = np.asarray(labels_N).reshape(-1).astype(np.uint8)
+  images_NHW = np.ascontiguousarray(inputs.as_uint8(images_NHW)[..., 0])
+  labels_N = inputs.labels(labels_N, len(images_NHW)).astype(np.uint8)
   rows = np.concatenate([images_NHW.reshape(len(images_NHW), -1),
                          labels_N[:, None]], axis=1)
   order = np.argsort(rows.view(np.dtype((np.void, rows.shape[1]))).ravel(),
@@ -44,16 +54,29 @@ def canonical_order(images_NHW: np.ndarray, labels_N: np.ndarray
 
 def from_arrays(train: tuple[np.ndarray, np.ndarray],
                 test: tuple[np.ndarray, np.ndarray]) -> Mnist:
-  """A `Mnist` from (images, labels) pairs in any order."""
+  """A `Mnist` from (images, labels) pairs in any order (`inputs`' kinds).
+
+  >>> import numpy as np
+  >>> images = np.zeros((3, 784), np.float32)  # the TF tutorials' x / 255.0
+  >>> data = from_arrays((images, [1, 2, 3]), (images[:1], [4]))
+  >>> data.train_images.shape, data.train_images.dtype
+  ((3, 28, 28, 1), dtype('uint8'))
+  """
   return Mnist(*canonical_order(*train), *canonical_order(*test))
 
 
 def from_idx_dir(data_dir: str, verify: bool = True,
-                 dataset: str = 'mnist') -> Mnist:
+                 dataset: str = 'mnist', test_only: bool = False) -> Mnist:
   """`dataset` (datasets.py) from a folder of its four IDX files (no
-  TensorFlow involved), verified by their checksums unless `verify` is off."""
+  TensorFlow involved), verified by their checksums unless `verify` is off;
+  with `test_only`, only the two test files are read and the training split
+  is empty."""
   expected = datasets.get(dataset)
   try:
+    if test_only:
+      return Mnist(np.zeros((0, 28, 28, 1), np.uint8), np.zeros(0, np.int32),
+                   *canonical_order(*idx.load_split(data_dir, 'test', verify,
+                                                    expected.files)))
     return from_arrays(idx.load_split(data_dir, 'train', verify, expected.files),
                        idx.load_split(data_dir, 'test', verify, expected.files))
   except DataError:
@@ -66,19 +89,54 @@ def from_idx_dir(data_dir: str, verify: bool = True,
 
 
 def load(data_dir: str | None = None, tfds_data_dir: str | None = None,
-         verify: bool = True, dataset: str = 'mnist') -> Mnist:
-  """`dataset` (default MNIST) from `data_dir` if given, else from
-  tensorflow-datasets."""
-  if data_dir is not None:
-    return from_idx_dir(data_dir, verify, dataset)
-  # Imported here only: TensorFlow must stay out of runs that use IDX files.
-  from flax_mnist import tfds_source
-  return from_arrays(*tfds_source.load_splits(tfds_data_dir,
-                                              datasets.get(dataset).tfds_name))
+         verify: bool = True, dataset: str = 'mnist',
+         source: str = 'package', test_only: bool = False) -> Mnist:
+  """`dataset` (default MNIST) from the IDX folder `data_dir` if given, else
+  from `source`.
+
+  Sources: 'package', MNIST's official files shipped in this package (always
+  verified; no network, no TensorFlow), or 'tfds', tensorflow-datasets' own
+  builder in `tfds_data_dir` (needs the `tfds` extra). All give the same arrays.
+  `test_only` (for evaluations) skips reading the training files of an IDX
+  folder.
+
+  >>> data = load()  # the packaged MNIST
+  >>> data.train_images.dtype, data.train_images.shape[1:], data.train_labels.dtype
+  (dtype('uint8'), (28, 28, 1), dtype('int32'))
+  """
+  check_source(source, data_dir, tfds_data_dir)
+  if source == 'tfds':
+    # Imported here only: TensorFlow must stay out of every other source.
+    from flax_mnist import tfds_source
+    return from_arrays(*tfds_source.load_splits(tfds_data_dir,
+                                                datasets.get(dataset).tfds_name))
+  if data_dir is None:
+    if dataset != 'mnist':
+      raise DataError(f'the package ships MNIST only: read '
+                      f'{datasets.get(dataset).title} from --data-dir DIR or '
+                      '--source tfds')
+    return from_idx_dir(idx.PACKAGED_DIR, True, dataset, test_only)
+  return from_idx_dir(data_dir, verify, dataset, test_only)
+
+
+def check_source(source: str, data_dir: str | None,
+                 tfds_data_dir: str | None) -> None:
+  """Raises a `ConfigError` unless the options name one source."""
+  check_choice('data source', source, SOURCES)
+  if source == 'tfds' and data_dir is not None:
+    raise ConfigError(f"data_dir {data_dir} and data source 'tfds' are two "
+                      'sources: give one')
+  if source != 'tfds' and tfds_data_dir is not None:
+    raise ConfigError(f"tfds_data_dir {tfds_data_dir} is for data source "
+                      f"'tfds', not {source!r}")
 
 
 class Split(NamedTuple):
-  """One split on the device: uint8 images, int32 labels, and a validity mask."""
+  """One split on the device: uint8 images, int32 labels, and a validity mask.
+
+  >>> to_device(np.zeros((3, 784), np.uint8), [1, 2, 3], multiple=2).mask_N.tolist()
+  [True, True, True, False]
+  """
 
   images_NHWC: jax.Array
   labels_N: jax.Array
@@ -89,10 +147,17 @@ def to_device(images: np.ndarray, labels: np.ndarray, multiple: int = 1,
               sharding: jax.sharding.Sharding | None = None) -> Split:
   """The split on the default device, padded to a multiple of `multiple`.
 
-  Padded rows have mask False, so evaluation can use equal-sized batches and
-  still count every real example exactly once. With `sharding` (the same host
-  arrays in every process) the split is a global array laid out by it.
+  `images` are any of `inputs`' kinds, kept as uint8. Padded rows have mask
+  False, so evaluation can use equal-sized batches and still count every real
+  example exactly once. With `sharding` (the same host arrays in every
+  process) the split is a global array laid out by it.
+
+  >>> split = to_device(np.ones((5, 28, 28), np.float32), [0, 1, 2, 3, 4], multiple=4)
+  >>> split.images_NHWC.shape, int(split.images_NHWC.max()), int(split.mask_N.sum())
+  ((8, 28, 28, 1), 255, 5)
   """
+  images = inputs.as_uint8(images)
+  labels = inputs.labels(labels, len(images))
   pad = -len(images) % multiple
   mask = np.arange(len(images) + pad) < len(images)
   images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
@@ -102,15 +167,15 @@ def to_device(images: np.ndarray, labels: np.ndarray, multiple: int = 1,
   return Split(*(parallel.put(x, sharding) for x in (images, labels, mask)))
 
 
-def normalize(images_BHWC: jax.Array) -> jax.Array:
-  """uint8 pixels to float32 in [0, 1], as the tutorials feed them."""
-  return images_BHWC.astype(jnp.float32) / 255.0
-
-
 @functools.partial(jax.jit, static_argnums=2)
 def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array,
                       num_examples: int) -> jax.Array:
-  """The order of epoch `epoch`: a function of the key and the epoch only."""
+  """The order of epoch `epoch`: a function of the key and the epoch only.
+
+  >>> order = epoch_permutation(jax.random.PRNGKey(0), 3, 5)
+  >>> sorted(order.tolist())
+  [0, 1, 2, 3, 4]
+  """
   return jax.random.permutation(jax.random.fold_in(data_key, epoch),
                                 num_examples)
 
@@ -119,21 +184,38 @@ def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array,
 def batch_at(split: Split, order: jax.Array, index: int | jax.Array,
              batch_size: int, sharding: jax.sharding.Sharding | None = None
              ) -> dict[str, jax.Array]:
-  """Batch `index` of the examples listed in `order`, normalized."""
+  """Batch `index` of the examples listed in `order`."""
   return gather(split, jax.lax.dynamic_slice_in_dim(order, index * batch_size,
                                                     batch_size), sharding)
 
 
 def gather(split: Split, ids: jax.Array,
            sharding: jax.sharding.Sharding | None = None) -> dict[str, jax.Array]:
-  """The examples `ids` of `split` as a batch, normalized.
+  """The examples `ids` of `split` as a batch: images scaled to [0, 1] as
+  the models take them, labels, mask.
 
   With `sharding` (inside `jit`) each device gathers only its own rows.
   """
   if sharding is not None:
     ids = jax.lax.with_sharding_constraint(ids, sharding)
-  batch = {'image': normalize(split.images_NHWC[ids]),
+  batch = {'image': inputs.model_input(split.images_NHWC[ids]),
            'label': split.labels_N[ids], 'mask': split.mask_N[ids]}
   if sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, sharding)
   return batch
+
+
+def train_batch(split: Split, data_key: jax.Array, step: int, batch_size: int
+                ) -> dict[str, jax.Array]:
+  """The batch that training step `step` takes: epoch `step // steps_per_epoch`
+  shuffled by `data_key` (`TrainState.data_key`), in batches of `batch_size`
+  (an epoch's last partial batch dropped).
+
+  >>> split = to_device(np.zeros((10, 784), np.uint8), np.arange(10))
+  >>> batch = train_batch(split, jax.random.PRNGKey(0), 7, batch_size=4)  # epoch 3
+  >>> sorted(batch), batch['image'].shape
+  (['image', 'label', 'mask'], (4, 28, 28, 1))
+  """
+  epoch, index = divmod(step, len(split.labels_N) // batch_size)
+  order = epoch_permutation(data_key, epoch, len(split.labels_N))
+  return batch_at(split, order, index, batch_size)

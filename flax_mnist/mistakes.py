@@ -1,5 +1,6 @@
-"""The test images a model gets wrong: its logits on a split, the most
-confident mistakes, and a picture of them labelled with their class names.
+"""The test images a model gets wrong: the most confident mistakes among an
+evaluation's logits (`evaluation.evaluate_split`), and a picture of them
+labelled with their class names.
 
 The picture is drawn with PIL alone, so training can put it in TensorBoard
 on machines with no plotting library.
@@ -8,14 +9,11 @@ on machines with no plotting library.
 import math
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import special
 
 from flax_mnist import datasets
-from flax_mnist import input_pipeline
-from flax_mnist import progress
 
 DIGITS = datasets.DATASETS['mnist'].class_names
 # Below each enlarged image: its true and predicted labels and the confidence
@@ -24,31 +22,10 @@ _CAPTION = 16
 _GAP = 5
 
 
-@jax.jit
-def _logits(state, batch: dict[str, jax.Array]) -> jax.Array:
-  return state.apply_fn({'params': state.params}, batch['image'], train=False)
-
-
-def split_logits(state, split: input_pipeline.Split, batch_size: int,
-                 progress_bar: bool = False) -> np.ndarray:
-  """(N, 10) float32 logits of the split's real (unpadded) examples."""
-  order = jnp.arange(len(split.labels_N))
-  parts = progress.device_map(
-      lambda i: _logits(state, input_pipeline.batch_at(split, order, i, batch_size)),
-      len(order) // batch_size, progress_bar, 'classifying')
-  logits = np.concatenate(jax.device_get(parts)).astype(np.float32)
-  return logits[np.asarray(split.mask_N)]
-
-
-def log_softmax(logits_NC: np.ndarray) -> np.ndarray:
-  shifted = logits_NC - logits_NC.max(-1, keepdims=True)
-  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
 def confident_mistakes(logits_NC: np.ndarray, labels_N: np.ndarray,
                        count: int) -> np.ndarray:
   """Indices of up to `count` misclassified examples, most confident first."""
-  probabilities = np.exp(log_softmax(logits_NC))
+  probabilities = special.softmax(logits_NC, axis=-1)
   predicted = probabilities.argmax(-1)
   wrong = np.flatnonzero(predicted != labels_N)
   order = np.argsort(-probabilities[wrong, predicted[wrong]], kind='stable')
@@ -68,7 +45,7 @@ def sheet(images_NHW, labels_N: np.ndarray, logits_NC: np.ndarray, *,
   """
   chosen = confident_mistakes(logits_NC, labels_N, rows * columns)
   images = np.asarray(images_NHW[chosen], np.uint8).reshape(-1, 28, 28)
-  probabilities = np.exp(log_softmax(logits_NC[chosen]))
+  probabilities = special.softmax(logits_NC[chosen], axis=-1)
   font = ImageFont.load_default(size=11)
   names = max(map(len, class_names)) > 1
   side = 28 * scale

@@ -1,7 +1,8 @@
 """The three networks of the TensorFlow MNIST tutorials, as pure Linen modules.
 
-Every model maps `images_BHWC` (float32 in [0, 1], shape (B, 28, 28, 1)) to
-logits of shape (B, 10). Layer names follow the tutorials, so parameter trees
+Every model maps images to logits of shape (B, 10). The images are what
+`inputs.model_input` takes (uint8 in [0, 255] or float in [0, 1]; (B, 784),
+(B, 28, 28) or (B, 28, 28, 1)), so a model never guesses. Layer names follow the tutorials, so parameter trees
 read like the original code (`conv1`, `fc1`, ...) and Keras's summary
 (`conv2d`, `dense_1`, ...).
 """
@@ -13,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax_mnist import inputs
 from flax_mnist import ops
-from flax_mnist.errors import check_choice
+from flax_mnist.errors import ConfigError, check_choice
 
 NUM_CLASSES = 10
 
@@ -70,7 +72,7 @@ class SoftmaxRegression(nn.Module):
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
     del train  # No dropout: the same function in training and evaluation.
-    x = Flatten(name='flatten')(images_BHWC)
+    x = Flatten(name='flatten')(inputs.model_input(images_BHWC))
     return nn.Dense(NUM_CLASSES, kernel_init=nn.initializers.zeros,
                     dtype=self.dtype, name='dense')(x).astype(jnp.float32)
 
@@ -96,7 +98,7 @@ class DeepCNN(nn.Module):
     conv = functools.partial(self.conv, **_TUTORIAL_CONV, dtype=self.dtype)
     dense = functools.partial(_TutorialDense, dtype=self.dtype)
     pool = functools.partial(MaxPool, padding='SAME', pool=self.pool)
-    x = nn.relu(conv(32, (5, 5), name='conv1')(images_BHWC))
+    x = nn.relu(conv(32, (5, 5), name='conv1')(inputs.model_input(images_BHWC)))
     x = pool(name='pool1')(x)
     x = nn.relu(conv(64, (5, 5), name='conv2')(x))
     x = pool(name='pool2')(x)
@@ -126,7 +128,7 @@ class KerasCNN(nn.Module):
     conv = functools.partial(self.conv, **_KERAS_CONV, dtype=self.dtype)
     dense = functools.partial(_KerasDense, dtype=self.dtype)
     pool = functools.partial(MaxPool, pool=self.pool)
-    x = nn.relu(conv(32, (3, 3), name='conv2d')(images_BHWC))
+    x = nn.relu(conv(32, (3, 3), name='conv2d')(inputs.model_input(images_BHWC)))
     x = pool(name='max_pooling2d')(x)
     x = nn.relu(conv(64, (3, 3), name='conv2d_1')(x))
     x = pool(name='max_pooling2d_1')(x)
@@ -159,24 +161,54 @@ FLAX_STOCK_MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_model(name: str, *, dropout_rate: float = 0.0,
+# The tutorials' dropout: the experts tutorial's keep_prob 0.5; the others have none.
+DEFAULT_DROPOUT = {'softmax_regression': None, 'deep_cnn': 0.5, 'keras_cnn': None}
+
+
+def create_model(name: str, *, dropout_rate: float | None = None,
                  dtype: str = 'float32') -> nn.Module:
   """The model called `name`, computing in `dtype` (parameters stay float32).
 
-  `dropout_rate` applies to models with dropout.
+  `dropout_rate` defaults to the tutorial's (`DEFAULT_DROPOUT`); a model
+  without dropout takes only 0 or None.
+
+  >>> create_model('deep_cnn').dropout_rate
+  0.5
+  >>> create_model('keras_cnn', dropout_rate=0.5)
+  Traceback (most recent call last):
+    ...
+  flax_mnist.errors.ConfigError: dropout_rate 0.5 has no effect: keras_cnn has no dropout
   """
   check_choice('model', name, MODELS)
   check_choice('dtype', dtype, DTYPES)
-  if name == 'deep_cnn':
-    return DeepCNN(dropout_rate=dropout_rate, dtype=DTYPES[dtype])
-  return MODELS[name](dtype=DTYPES[dtype])
+  check_dropout(name, dropout_rate)
+  if DEFAULT_DROPOUT[name] is None:
+    return MODELS[name](dtype=DTYPES[dtype])
+  rate = DEFAULT_DROPOUT[name] if dropout_rate is None else dropout_rate
+  return MODELS[name](dropout_rate=rate, dtype=DTYPES[dtype])
+
+
+def check_dropout(name: str, dropout_rate: float | None) -> None:
+  """Refuses a dropout rate that `name` would ignore."""
+  if DEFAULT_DROPOUT[name] is None and dropout_rate:
+    raise ConfigError(f'dropout_rate {dropout_rate} has no effect: {name} has '
+                      'no dropout')
 
 
 def init_params(model: nn.Module, key: jax.Array) -> dict:
-  """Fresh parameters for a (1, 28, 28, 1) input."""
+  """Fresh parameters for a (1, 28, 28, 1) input.
+
+  >>> params = init_params(create_model('softmax_regression'), jax.random.key(0))
+  >>> jax.tree_util.tree_map(jnp.shape, params)
+  {'dense': {'bias': (10,), 'kernel': (784, 10)}}
+  """
   return model.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32))['params']
 
 
 def count_params(params) -> int:
-  """The number of scalars in a parameter tree."""
+  """The number of scalars in a parameter tree.
+
+  >>> count_params(init_params(create_model('keras_cnn'), jax.random.key(0)))
+  93322
+  """
   return sum(x.size for x in jax.tree_util.tree_leaves(params))

@@ -24,7 +24,7 @@ import numpy as np
 
 from flax_mnist import configs
 from flax_mnist import datasets
-from flax_mnist import input_pipeline
+from flax_mnist import evaluation
 from flax_mnist import mistakes
 from flax_mnist import progress
 from flax_mnist import workdirs
@@ -94,24 +94,28 @@ class TrainMonitor:
     # The logged step is done; the bar trails the device by one dispatch at most.
     self._bar.update(step + 1 - self._bar.n)
 
-  def test_metrics(self, state, test: input_pipeline.Split, batch_size: int,
-                   results: dict[str, Any]) -> None:
-    """One evaluation's `results`; `state` and `test` show its mistakes."""
+  @property
+  def shows_mistakes(self) -> bool:
+    """Whether `test_metrics` wants the evaluation's logits: for TensorBoard's
+    picture of mistakes, not in a multi-process run (whose logits are spread
+    over the processes)."""
+    return self._writer is not None and jax.process_count() == 1
+
+  def test_metrics(self, results: dict[str, Any],
+                   result: evaluation.Evaluation | None = None,
+                   images_NHWC: jax.Array | None = None) -> None:
+    """One evaluation's `results`; with `shows_mistakes`, its logits and the
+    split's images (`result`, `images_NHWC`) show the mistakes."""
     step = self._step = results['step']
     if not self.primary:
       return
     self._metrics_log.write(**results)
     self._scalars(step, {'test/accuracy': results['test_accuracy'],
                          'test/loss': results['test_loss']})
-    # A second pass over the test set: `evaluate` keeps only sums, and
-    # evaluations are rare (the end, or every `eval_every` steps). Not in a
-    # multi-process run, where it would be a collective of this process alone.
-    if self._writer is not None and jax.process_count() == 1:
-      logits = mistakes.split_logits(state, test, batch_size, self.progress_bar)
-      labels = np.asarray(test.labels_N)[np.asarray(test.mask_N)]
-      sheet = mistakes.sheet(test.images_NHWC, labels, logits, rows=MISTAKE_ROWS,
-                             columns=MISTAKE_COLUMNS, scale=MISTAKE_SCALE,
-                             class_names=self._class_names)
+    if self.shows_mistakes and result is not None and result.logits_NC is not None:
+      sheet = mistakes.sheet(images_NHWC, result.labels_N, result.logits_NC,
+                             rows=MISTAKE_ROWS, columns=MISTAKE_COLUMNS,
+                             scale=MISTAKE_SCALE, class_names=self._class_names)
       self._writer.add_image('test/mistakes', np.asarray(sheet)[:, :, None], step,
                              dataformats='HWC')
       self._writer.flush()
@@ -151,8 +155,20 @@ def _open_writer(logdir: str, step: int):
   # TensorBoard drops earlier files' events from `purge_step` on, so a resumed
   # run's steps are not shown twice. The start step in the file name orders
   # files that open within the same second (the name holds whole seconds).
-  return tensorboardX.SummaryWriter(logdir, purge_step=step,
-                                    filename_suffix=f'.{step:09d}')
+  try:
+    return tensorboardX.SummaryWriter(logdir, purge_step=step,
+                                      filename_suffix=f'.{step:09d}')
+  except OSError as e:
+    raise FlaxMnistError(f'{logdir}: cannot write the event files there '
+                         f'({e.strerror}); it must be a folder') from None
+
+
+def check_writable(workdir: str) -> None:
+  """Fails now, before training, where TensorBoard's folder cannot be one."""
+  logdir = os.path.join(workdir, TENSORBOARD_DIR)
+  if os.path.lexists(logdir) and not os.path.isdir(logdir):
+    raise FlaxMnistError(f'{logdir}: not a folder (the event files go there): '
+                         'move it away, or use another --workdir')
 
 
 class MetricsLog:
@@ -169,12 +185,22 @@ class MetricsLog:
       raise FlaxMnistError(f'{self.path}: cannot write ({e.strerror})') from None
 
   def entries(self) -> list[dict[str, Any]]:
-    """Every entry, in order; a line cut short by a killed process is skipped."""
+    """Every entry, in order; a line cut short by a killed process is skipped,
+    and so, with one warning, are lines that are not entries (other bytes
+    than UTF-8, other JSON, a value of the wrong type)."""
     try:
-      with open(self.path) as f:
-        return [entry for entry in map(_entry, f) if entry is not None]
+      with open(self.path, 'rb') as f:
+        lines = f.readlines()
     except OSError as e:
       raise FlaxMnistError(f'{self.path}: cannot read ({e.strerror})') from None
+    entries = [_entry(line) for line in lines if line.endswith(b'\n')]
+    bad = [i + 1 for i, entry in enumerate(entries) if entry is None]
+    if bad:
+      logger.warning('%s: skipped %d damaged line(s) (%s%s): not a JSON entry '
+                     'with a whole-number step and numbers', self.path, len(bad),
+                     'line ' + ', '.join(map(str, bad[:5])),
+                     ', ...' if len(bad) > 5 else '')
+    return [entry for entry in entries if entry is not None]
 
   def drop_from(self, step: int) -> None:
     """Forgets entries from `step` on: a run resumed there logs them again."""
@@ -184,9 +210,14 @@ class MetricsLog:
           if entry['step'] < step))
 
 
-def _entry(line: str) -> dict[str, Any] | None:
+def _entry(line: bytes) -> dict[str, Any] | None:
+  """The entry a line holds, or None where it holds none."""
   try:
-    entry = json.loads(line) if line.endswith('\n') else None
-  except ValueError:
+    entry = json.loads(line.decode('utf-8'))
+  except ValueError:  # UnicodeDecodeError too.
     return None
-  return entry if isinstance(entry, dict) and 'step' in entry else None
+  if not (isinstance(entry, dict) and type(entry.get('step')) is int and
+          all(value is None or type(value) in (int, float)
+              for value in entry.values())):
+    return None
+  return entry

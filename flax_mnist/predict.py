@@ -11,6 +11,7 @@ predicted.
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import os
 import textwrap
 from typing import Any, Iterable, Sequence
@@ -20,10 +21,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from flax_mnist import datasets
-from flax_mnist import input_pipeline
+from flax_mnist import evaluation
+from flax_mnist import inputs
+from flax_mnist import models
 from flax_mnist import preprocess
-from flax_mnist import train
+from flax_mnist import resume
 from flax_mnist.errors import DataError, FlaxMnistError
+
+logger = logging.getLogger(__name__)
 
 # Every forward pass has this many rows (padded), so it compiles only once.
 BATCH_SIZE = 64
@@ -38,6 +43,10 @@ class Prediction:
   `image` is the (28, 28) uint8 input the model saw and `original` the
   grayscale picture it was made from, where they could be made.
   `class_names` are the dataset's (the digits for MNIST).
+
+  >>> p = Prediction('seven.png', np.eye(10, dtype=np.float32)[7])
+  >>> p.digit, p.label, p.probability
+  (7, '7', 1.0)
   """
 
   file: str
@@ -75,75 +84,110 @@ class Prediction:
                      for d, p in self.top3]}
 
 
-def _forward(apply_fn, params, images_BHW1: jax.Array) -> jax.Array:
-  logits = apply_fn({'params': params}, input_pipeline.normalize(images_BHW1),
-                    train=False)
-  return jax.nn.softmax(logits)
+def _probabilities(apply_fn, params, images_BHWC: jax.Array) -> jax.Array:
+  return jax.nn.softmax(evaluation.forward(apply_fn, params, images_BHWC))
 
 
 class Predictor:
-  """A workdir's latest checkpoint, restored once, ready to classify.
+  """A trained model, ready to classify: `Predictor(workdir)` restores the
+  workdir's latest checkpoint, `Predictor.from_state` takes a state in hand.
 
-  `model` and `step` name what was restored. Each forward pass is padded to
-  the smallest of `batch_sizes` that holds it (a server gives several, so a
+  `model` and `step` name what it holds. Each forward pass is padded to the
+  smallest of `batch_sizes` that holds it (a server gives several, so a
   single picture does not pay for 64).
+
+  >>> import dataclasses, numpy as np
+  >>> from flax_mnist import configs, core
+  >>> state = core.create_train_state(configs.get_preset('beginners'))
+  >>> predictor = Predictor.from_state(state)
+  >>> predictor.model, predictor.probabilities_of_inputs(np.zeros((2, 784), np.float32)).shape
+  ('softmax_regression', (2, 10))
   """
 
   def __init__(self, workdir: str, batch_sizes: Sequence[int] = (BATCH_SIZE,)):
-    config, state = train.restore_workdir(workdir)
-    self.model, self.step = config.model, int(state.step)
-    self.dataset = config.dataset
-    self.class_names = datasets.get(config.dataset).class_names
+    config, state = resume.restore_workdir(workdir)
+    self._use(state, config.dataset, batch_sizes)
+
+  @classmethod
+  def from_state(cls, state, dataset: str = 'mnist',
+                 batch_sizes: Sequence[int] = (BATCH_SIZE,)) -> 'Predictor':
+    """A predictor of `state`'s model, e.g. `train_and_evaluate`'s result,
+    trained on `dataset` (datasets.py)."""
+    predictor = cls.__new__(cls)
+    predictor._use(state, dataset, batch_sizes)
+    return predictor
+
+  def _use(self, state, dataset: str, batch_sizes: Sequence[int]) -> None:
+    # apply_fn is the Linen module's bound apply: its class names the model.
+    module = type(state.apply_fn.__self__)
+    self.model = next(name for name, cls in models.MODELS.items() if cls is module)
+    self.step = int(state.step)
+    self.dataset = dataset
+    self.class_names = datasets.get(dataset).class_names
     self._params = state.params
-    self._forward = jax.jit(functools.partial(_forward, state.apply_fn))
+    self._forward = jax.jit(functools.partial(_probabilities, state.apply_fn))
     self._batch_sizes = sorted(batch_sizes)
 
   def compile(self) -> None:
     """Compiles the forward pass for every batch size now, not at first use."""
     for size in self._batch_sizes:
-      self._forward(self._params, np.zeros((size, 28, 28, 1), np.uint8)
+      self._forward(self._params, np.zeros((size, 28, 28, 1), np.float32)
                     ).block_until_ready()
 
-  def probabilities_of_inputs(self, images_NHW: np.ndarray) -> np.ndarray:
-    """(N, 10) float32 probabilities of (N, 28, 28) uint8 MNIST-style inputs."""
-    images = np.asarray(images_NHW, np.uint8).reshape(-1, 28, 28, 1)
+  def probabilities_of_inputs(self, images) -> np.ndarray:
+    """(N, 10) float32 probabilities of MNIST-style inputs: white on black,
+    centred, any of `inputs`' kinds (uint8 or floats in [0, 1], (N, 784),
+    (N, 28, 28) or (N, 28, 28, 1))."""
+    images = inputs.model_input(np.asarray(images))
     results = []
     largest = self._batch_sizes[-1]
     for start in range(0, len(images), largest):
       batch = images[start:start + largest]
       size = next(s for s in self._batch_sizes if s >= len(batch))
-      padded = np.zeros((size, 28, 28, 1), np.uint8)
+      padded = np.zeros((size, 28, 28, 1), np.float32)
       padded[:len(batch)] = batch
       results.append(np.asarray(self._forward(self._params, padded))[:len(batch)])
     return (np.concatenate(results) if results
             else np.zeros((0, 10), np.float32))
 
-  def predict_probabilities(self, images: Iterable[preprocess.ImageSource]
-                            ) -> np.ndarray:
-    """(N, 10) probabilities of pictures given as paths, PIL images or arrays.
+  def predict_probabilities(self, images: preprocess.ImageSource
+                            | Iterable[preprocess.ImageSource]) -> np.ndarray:
+    """(N, 10) probabilities of pictures given as paths, PIL images or arrays
+    (one, or a list: `preprocess.as_list`).
 
-    Raises `DataError` naming the first picture that cannot be used.
+    Raises `DataError` naming the first picture that cannot be used
+    (`predict_files` gives a result for each instead).
     """
-    inputs = []
-    for i, image in enumerate(images):
+    made = []
+    for i, image in enumerate(preprocess.as_list(images)):
       try:
-        inputs.append(preprocess.prepare(image, self.dataset).image)
+        made.append(preprocess.prepare(image, self.dataset).image)
       except DataError as e:
         name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f'image {i}'
         raise DataError(f'{name}: {e}') from None
-    return self.probabilities_of_inputs(np.asarray(inputs, np.uint8))
+    return self.probabilities_of_inputs(_stack(made))
 
-  def predict_files(self, paths: Sequence[str]) -> list[Prediction]:
-    """A `Prediction` per picture, folders expanded to the pictures in them."""
-    files = expand_paths(paths)
+  def predict_files(self, paths: preprocess.ImageSource
+                    | Iterable[preprocess.ImageSource]) -> list[Prediction]:
+    """A `Prediction` per picture, folders expanded to the pictures in them.
+
+    Pictures may be paths, PIL images or arrays, one or a list; those that
+    are not paths are named 'image I' by their place in the list.
+    """
+    files = []  # (name, error or None, source)
+    for i, source in enumerate(preprocess.as_list(paths)):
+      if isinstance(source, (str, os.PathLike)):
+        files.extend((file, error, file) for file, error in expand_paths([source]))
+      else:
+        files.append((f'image {i}', None, source))
     rows = []  # (file, input or None, original or None, error or None)
     # numpy and PIL release the GIL, so pictures are prepared on every core;
     # decoding stays on this thread, as PIL's bomb warning is caught through
     # the process-wide warning filters. Chunks bound the pictures held at once.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
       for start in range(0, len(files), BATCH_SIZE):
-        loaded = [(file, *_load(file, error))
-                  for file, error in files[start:start + BATCH_SIZE]]
+        loaded = [(file, *_load(source, error))
+                  for file, error, source in files[start:start + BATCH_SIZE]]
         made = pool.map(functools.partial(_make_input, self.dataset),
                         [gray for _, gray, _ in loaded])
         for (file, gray, error), (image, problem) in zip(loaded, made):
@@ -151,19 +195,24 @@ class Predictor:
           original = None if gray is None else _thumbnail(gray)
           rows.append((file, image, original, error or problem))
     probabilities = iter(self.probabilities_of_inputs(
-        np.asarray([image for _, image, _, _ in rows if image is not None],
-                   np.uint8)))
+        _stack([image for _, image, _, _ in rows if image is not None])))
     return [Prediction(file, None if image is None else next(probabilities),
                        image, original, error, self.class_names)
             for file, image, original, error in rows]
 
 
-def _load(file: str, error: str | None) -> tuple[np.ndarray | None, str | None]:
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+  """The prepared (28, 28) uint8 inputs as one (N, 28, 28) array, N >= 0."""
+  return np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+
+
+def _load(source: preprocess.ImageSource, error: str | None
+          ) -> tuple[np.ndarray | None, str | None]:
   """(the picture in gray, None) or (None, what is wrong with it)."""
   if error is not None:
     return None, error
   try:
-    return preprocess.load_gray(file), None
+    return preprocess.load_gray(source), None
   except DataError as e:
     return None, str(e)
 
@@ -178,12 +227,6 @@ def _make_input(dataset: str, gray: np.ndarray | None
     return preprocess.MAKERS[dataset](gray), None
   except DataError as e:
     return None, str(e)
-
-
-def predict_probabilities(workdir: str, images: Iterable[preprocess.ImageSource]
-                          ) -> np.ndarray:
-  """(N, 10) probabilities that `workdir`'s model gives the pictures."""
-  return Predictor(workdir).predict_probabilities(images)
 
 
 def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -209,6 +252,10 @@ def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
               and not name.startswith('.')
               and os.path.isfile(os.path.join(path, name))]
     files.extend((image, None) for image in images)
+    skipped = preprocess.not_files(path, [
+        name for name in names if name.lower().endswith(preprocess.IMAGE_EXTENSIONS)])
+    if skipped:
+      logger.warning('%s: skipped %s (not files)', path, skipped)
     if not images:
       files.append((path, 'no images in this folder (looked for '
                           f'{", ".join(preprocess.IMAGE_EXTENSIONS)})'))

@@ -8,11 +8,15 @@ background is inverted, and the paper's texture, uneven lighting and shadows
 are divided out before the digit is found, cropped and scaled.
 """
 
+import collections
 import dataclasses
+import errno
 import io
 import math
 import os
+import stat
 import warnings
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -67,6 +71,38 @@ def prepare(source: ImageSource, dataset: str = 'mnist') -> Prepared:
   input of `dataset` ('mnist' or 'fashion_mnist')."""
   gray = load_gray(source)
   return Prepared(MAKERS[dataset](gray), np.rint(gray * 255).astype(np.uint8))
+
+
+def as_list(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
+  """`images` as a list: one picture (a path, a PIL image, an (H, W) or
+  (H, W, 1|3|4) array) is a list of one; anything else is iterated (a stack
+  of (N, H, W) arrays gives N pictures)."""
+  if isinstance(images, (str, os.PathLike, Image.Image)):
+    return [images]
+  if isinstance(images, np.ndarray) and (
+      images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4))):
+    return [images]
+  return list(images)
+
+
+def not_files(folder: str, names: Iterable[str]) -> str | None:
+  """What the entries `names` of `folder` that are not files nor folders are
+  ('1 symlink loop, 2 FIFOs'), or None when there are none."""
+  kinds = collections.Counter()
+  for name in names:
+    path = os.path.join(folder, name)
+    try:
+      mode = os.stat(path).st_mode
+    except OSError as e:
+      if os.path.islink(path):
+        kinds['symlink loop' if e.errno == errno.ELOOP else 'dangling link'] += 1
+      continue
+    if stat.S_ISFIFO(mode):
+      kinds['FIFO'] += 1
+    elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+      kinds['special file'] += 1
+  return ', '.join(f'{n} {kind}{"s" if n > 1 else ""}'
+                   for kind, n in kinds.items()) or None
 
 
 def load_gray(source: ImageSource) -> np.ndarray:
@@ -146,6 +182,8 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 
 def _gray(image: Image.Image) -> np.ndarray:
+  if min(image.size) < MIN_SIDE:
+    raise DataError(_too_small(*image.size))
   if image.mode.startswith('I;16'):
     image = image.convert('I')
   elif image.mode in ('1', 'P', 'PA'):
@@ -173,8 +211,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
   if looks_like_mnist(gray):
     return np.rint(gray * 255).astype(np.uint8)
   if min(gray.shape) < MIN_SIDE:
-    raise DataError(f'{gray.shape[0]}x{gray.shape[1]} pixels is too small to hold '
-                    f'a digit (at least {MIN_SIDE} on each side)')
+    raise DataError(_too_small(gray.shape[1], gray.shape[0]))
   paper = gray if _light_background(gray) else 1 - gray
   size = 0.3 * min(gray.shape)
   ink = _ink(paper, size)
@@ -187,6 +224,11 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     region, threshold = _find_digit(ink)
   digit = _normalize_strokes(np.clip(ink, 0, 1) * region, threshold)
   return _centre(_fit_box(digit))
+
+
+def _too_small(width: int, height: int, thing: str = 'a digit') -> str:
+  return (f'{width}x{height} pixels (width x height) is too small to hold '
+          f'{thing} (at least {MIN_SIDE} on each side)')
 
 
 def to_fashion_mnist(gray: np.ndarray) -> np.ndarray:
@@ -202,8 +244,7 @@ def to_fashion_mnist(gray: np.ndarray) -> np.ndarray:
   if gray.shape == (FRAME, FRAME) and not _light_background(gray):
     return np.rint(gray * 255).astype(np.uint8)
   if min(gray.shape) < MIN_SIDE:
-    raise DataError(f'{gray.shape[0]}x{gray.shape[1]} pixels is too small to hold '
-                    f'an article (at least {MIN_SIDE} on each side)')
+    raise DataError(_too_small(gray.shape[1], gray.shape[0], 'an article'))
   article = 1 - gray if _light_background(gray) else gray
   ring = np.concatenate([article[0], article[-1], article[:, 0], article[:, -1]])
   background = np.median(ring)

@@ -61,23 +61,6 @@ def _screen() -> dict[str, Any]:
   return {'ncols': fallback.columns, 'nrows': fallback.lines}
 
 
-def device_map(fn: Callable[[int], Any], count: int, progress_bar: bool,
-               desc: str) -> list:
-  """`[fn(i) for i in range(count)]`, with a bar of batches when asked for.
-
-  With a bar, each result is waited for, so the bar follows the device rather
-  than the (asynchronous) dispatch; without one nothing waits.
-  """
-  results = []
-  with bar(progress_bar, count, desc, 'batches', leave=False) as b:
-    for i in range(count):
-      results.append(fn(i))
-      if progress_bar:
-        jax.block_until_ready(results[-1])
-      b.update(1)
-  return results
-
-
 class BarHandler(logging.StreamHandler):
   """Writes each log line above the progress bars instead of through them."""
 

@@ -15,10 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from flax_mnist import datasets
+from flax_mnist import evaluation
 from flax_mnist import graph
 from flax_mnist import mistakes
 from flax_mnist import monitor
-from flax_mnist import train
+from flax_mnist import resume
 from flax_mnist.errors import FlaxMnistError
 
 REPORT_DIR = 'report'
@@ -58,14 +59,15 @@ def write_report(workdir: str, out: str | None = None, *,
   """Writes the report of `workdir` into `out` (default `WORKDIR/report`) and
   returns the path of its `report.html`.
 
-  `data_fields` pick the test data as for `train.evaluate_workdir`.
+  `data_fields` pick the test data as for `evaluation.evaluate_workdir`.
   """
   _figure((1, 1))  # Fails before the slow part when matplotlib is missing.
-  config, state, data = train.restore_with_data(workdir, **data_fields)
+  config, state, data = resume.restore_with_data(workdir, **data_fields)
   metrics = read_metrics(workdir)
-  test, batch_size = train._test_split(data, config)
-  logits = mistakes.split_logits(state, test, batch_size, progress_bar)
-  labels = data.test_labels
+  test, batch_size = evaluation.padded_test_split(data, config)
+  result = evaluation.evaluate_split(state, test, batch_size,
+                                     progress_bar=progress_bar, keep_logits=True)
+  logits, labels = result.logits_NC, result.labels_N
   out = out or os.path.join(workdir, REPORT_DIR)
   try:
     os.makedirs(out, exist_ok=True)
@@ -86,7 +88,8 @@ def write_report(workdir: str, out: str | None = None, *,
   path = os.path.join(out, 'report.html')
   with open(path, 'w', encoding='utf-8') as f:
     f.write(_html(workdir, config.to_dict(),
-                  final_figures(int(state.step), logits, labels, metrics)))
+                  final_figures(int(state.step), result.metrics, confusion,
+                                metrics)))
   return path
 
 
@@ -102,17 +105,16 @@ def confusion_matrix(labels_N: np.ndarray, predicted_N: np.ndarray) -> np.ndarra
   return counts
 
 
-def final_figures(step: int, logits_NC: np.ndarray, labels_N: np.ndarray,
+def final_figures(step: int, test: dict[str, float], confusion: np.ndarray,
                   metrics: list[dict[str, Any]]) -> dict[str, str]:
-  """The headline numbers, formatted: this test pass and the run's timings."""
-  log_probabilities = mistakes.log_softmax(logits_NC.astype(np.float64))
-  correct = logits_NC.argmax(-1) == labels_N
+  """The headline numbers, formatted: this test pass (`test`: its accuracy,
+  loss, num_examples; `confusion`: its matrix) and the run's timings."""
   figures = {
       'step': f'{step:,}',
-      'test accuracy': f'{correct.mean():.4f}',
-      'test loss': f'{-log_probabilities[np.arange(len(labels_N)), labels_N].mean():.4f}',
-      'test images': f'{len(labels_N):,}',
-      'mistakes': f'{int((~correct).sum()):,}',
+      'test accuracy': f'{test["accuracy"]:.4f}',
+      'test loss': f'{test["loss"]:.4f}',
+      'test images': f'{test["num_examples"]:,}',
+      'mistakes': f'{int(confusion.sum() - np.trace(confusion)):,}',
   }
   final = [m for m in metrics if 'train_seconds' in m]
   if final:

@@ -50,7 +50,16 @@ def multiply_adds(name: str) -> int:
 
 
 def format_summary(name: str) -> str:
-  """The table Keras prints for `model.summary()`, for model `name`."""
+  """The table Keras prints for `model.summary()`, for model `name`.
+
+  >>> print(format_summary('softmax_regression'))  # doctest: +NORMALIZE_WHITESPACE
+  Model: "softmax_regression"
+  ...
+  dense (Dense)                (None, 10)                7850
+  ...
+  Total params: 7,850
+  ...
+  """
   rows = layer_rows(name)
   total = sum(row[3] for row in rows)
 

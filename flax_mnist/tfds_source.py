@@ -1,6 +1,7 @@
 """MNIST through tensorflow-datasets, and `data prepare` for machines with no network.
 
-The only module that imports TensorFlow or tfds, and only when called.
+Both need the `tfds` extra (`pip install 'flax-mnist[tfds]'`). The only
+module that imports TensorFlow or tfds, and only when called.
 TensorFlow is hidden from every GPU first, so it never takes accelerator
 memory away from JAX.
 
@@ -24,23 +25,31 @@ import numpy as np
 from flax_mnist import datasets
 from flax_mnist import idx
 from flax_mnist import progress
-from flax_mnist.errors import DataError
+from flax_mnist.errors import DataError, first_line
 
 logger = logging.getLogger(__name__)
 
-_OFFLINE_HINT = ('with no internet, train from a folder of the four IDX files '
-                 'with --data-dir DIR, or run `flax-mnist data prepare DIR` once '
-                 'to build tfds\'s mnist from it')
+_OFFLINE_HINT = ('with no internet, leave out --source tfds to train from the '
+                 'MNIST shipped in flax-mnist, or use a folder of the four IDX '
+                 'files with --data-dir DIR, or run `flax-mnist data prepare '
+                 'DIR` once to build tfds\'s mnist from it')
+_INSTALL_HINT = "pip install 'flax-mnist[tfds]'"
 
 
 def _tfds():
-  """tensorflow_datasets, with TensorFlow kept off the GPUs."""
+  """tensorflow_datasets, with TensorFlow kept off the GPUs and quiet."""
+  # TensorFlow's C++ INFO lines go to stderr at import, oneDNN's banner even
+  # below TF_CPP_MIN_LOG_LEVEL; it only reads files here, so oneDNN's other
+  # rounding changes nothing. Values the user set are kept.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   try:
     import tensorflow as tf
     import tensorflow_datasets as tfds
   except ImportError as e:
-    raise DataError(f'tensorflow-datasets is not usable here ({e}); '
-                    f'{_OFFLINE_HINT}') from None
+    raise DataError(f'tensorflow-datasets and TensorFlow are needed here but '
+                    f'cannot be imported ({first_line(e)}): {_INSTALL_HINT}'
+                    ) from None
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:
@@ -92,6 +101,7 @@ def prepare(idx_dir: str, data_dir: str | None = None,
   logged; with `progress_bar` the file checks and tfds's build draw bars,
   without it tfds's own bars are turned off (a process-wide tfds setting).
   """
+  tfds = _tfds()
   files = datasets.get(dataset).files
   with progress.bar(progress_bar, len(files), 'checking', 'files') as bar:
     for key, expected in files.items():
@@ -101,7 +111,6 @@ def prepare(idx_dir: str, data_dir: str | None = None,
       bar.update(1)
   from etils import epath
   from tensorflow_datasets.core.download import resource
-  tfds = _tfds()
   tfds.display_progress_bar(progress_bar)
   builder = tfds.builder(datasets.get(dataset).tfds_name, data_dir=data_dir)
   if builder.is_prepared():

@@ -95,13 +95,22 @@ def _mb(size: int) -> str:
 
 
 def write_atomically(path: str, text: str) -> None:
-  """Replaces `path` with `text` all at once: a crash leaves the old or the new."""
+  """Replaces `path` with `text` all at once: a crash leaves the old or the new.
+
+  The file keeps its mode, or a new one gets the umask's, as `open` would
+  give it (a shared workdir stays readable by the group).
+  """
+  try:
+    mode = os.stat(path).st_mode & 0o7777
+  except OSError:
+    mode = 0o666 & ~_umask()
   try:
     fd, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                                      prefix=f'.{os.path.basename(path)}.')
   except OSError as e:
     raise FlaxMnistError(f'{path}: cannot write ({e.strerror})') from None
   try:
+    os.fchmod(fd, mode)
     with os.fdopen(fd, 'w') as f:
       f.write(text)
       f.flush()
@@ -111,3 +120,10 @@ def write_atomically(path: str, text: str) -> None:
     with contextlib.suppress(OSError):
       os.unlink(temporary)
     raise FlaxMnistError(f'{path}: cannot write ({e.strerror})') from None
+
+
+def _umask() -> int:
+  """The process's umask (reading it means setting it, so it is set back)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MNIST (FLAX_MNIST_DATA_DIR), Fashion-MNIST
+"""Shared fixtures: the real MNIST (shipped in the package), Fashion-MNIST
 (FLAX_MNIST_FASHION_DIR) and small data made here."""
 
 import dataclasses
@@ -9,11 +9,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from flax_mnist import configs, input_pipeline, train
+from flax_mnist import configs, idx, input_pipeline, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-# The four real IDX files; CI and the README point here.
-MNIST_DIR = os.environ.get('FLAX_MNIST_DATA_DIR', str(REPO.parent / 'shared' / 'mnist'))
 # Fashion-MNIST's four IDX files, where Debian's dataset-fashion-mnist puts them.
 FASHION_MNIST_DIR = os.environ.get('FLAX_MNIST_FASHION_DIR',
                                    '/usr/share/datasets/fashion-mnist')
@@ -24,9 +22,8 @@ TRAIN_STEPS = 300
 
 @pytest.fixture(scope='session')
 def mnist_dir() -> str:
-  if not os.path.isdir(MNIST_DIR):
-    pytest.skip(f'real MNIST not found at {MNIST_DIR} (set FLAX_MNIST_DATA_DIR)')
-  return MNIST_DIR
+  """The folder of the four real IDX files: the package's own."""
+  return idx.PACKAGED_DIR
 
 
 @pytest.fixture(scope='session')
@@ -77,14 +74,21 @@ def synthetic_split(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+def make_idx_dir(folder: pathlib.Path) -> str:
+  """Writes four small gzipped IDX files (not the official content) into
+  `folder`; read them with verify=False."""
+  folder.mkdir(parents=True, exist_ok=True)
+  for split, num, seed in (('train', 240, 0), ('t10k', 60, 1)):
+    images, labels = synthetic_split(num, seed)
+    write_idx(str(folder / f'{split}-images-idx3-ubyte.gz'), images)
+    write_idx(str(folder / f'{split}-labels-idx1-ubyte.gz'), labels)
+  return str(folder)
+
+
 @pytest.fixture
 def tiny_idx_dir(tmp_path) -> str:
   """A folder of four small gzipped IDX files (not the official content)."""
-  for split, num, seed in (('train', 240, 0), ('t10k', 60, 1)):
-    images, labels = synthetic_split(num, seed)
-    write_idx(str(tmp_path / f'{split}-images-idx3-ubyte.gz'), images)
-    write_idx(str(tmp_path / f'{split}-labels-idx1-ubyte.gz'), labels)
-  return str(tmp_path)
+  return make_idx_dir(tmp_path)
 
 
 @pytest.fixture(scope='session')

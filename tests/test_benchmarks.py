@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow
+
 SCRIPTS = {
     'throughput.py': [],
     'compare.py': [],
@@ -15,12 +17,14 @@ SCRIPTS = {
     'fast_search.py': ['--data-dir'],
     'data_parallel.py': ['--data-dir'],
     'serve_load.py': ['--data-dir'],
+    'end_to_end.py': ['--data-dir'],
+    'step_profile.py': ['--models', 'softmax_regression', 'keras_cnn'],
 }
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))
 def test_smoke(script, tmp_path, request):
-  if script == 'compare.py':
+  if script in ('compare.py', 'end_to_end.py'):
     pytest.importorskip('torch')
   args = SCRIPTS[script]
   if args[-1:] == ['--data-dir']:

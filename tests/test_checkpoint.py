@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import checkpoint, configs, train
+from flax_mnist import checkpoint, configs, core, resume
 from flax_mnist.errors import FlaxMnistError
 
 
 def test_round_trip_restores_against_an_abstract_state(tmp_path):
   config = configs.get_preset('experts')
-  state = train.create_train_state(config)
+  state = core.create_train_state(config)
   record = {'config': config.to_dict(), 'num_train': 60_000,
             'data_position': [3, 17]}
   with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
@@ -20,7 +20,7 @@ def test_round_trip_restores_against_an_abstract_state(tmp_path):
     assert ckpt.latest_step() == 5
   with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
     assert ckpt.restore_record() == record
-    restored, restored_record = train.restore_state(ckpt, config)
+    restored, restored_record = resume.restore_state(ckpt, config)
   assert restored_record == record
   for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
     np.testing.assert_array_equal(a, b)
@@ -28,7 +28,7 @@ def test_round_trip_restores_against_an_abstract_state(tmp_path):
 
 
 def test_keeps_the_newest(tmp_path):
-  state = train.create_train_state(configs.get_preset('beginners'))
+  state = core.create_train_state(configs.get_preset('beginners'))
   with checkpoint.Checkpointer(str(tmp_path), max_to_keep=2) as ckpt:
     for step in (1, 2, 3):
       ckpt.save(step, state, {'step': step})
@@ -48,7 +48,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
 
 def _saved(tmp_path, preset='beginners'):
   config = configs.get_preset(preset)
-  state = train.create_train_state(config)
+  state = core.create_train_state(config)
   with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
     ckpt.save(1, state, {'config': config.to_dict(), 'num_train': 60_000})
   return state
@@ -59,7 +59,7 @@ def test_restoring_into_another_model_names_the_mismatch(tmp_path):
   with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
     with pytest.raises(FlaxMnistError, match=r'does not fit the model.*params/conv2d/bias '
                        r'missing from the checkpoint'):
-      train.restore_state(ckpt, configs.get_preset('keras'))
+      resume.restore_state(ckpt, configs.get_preset('keras'))
     with pytest.raises(FlaxMnistError, match=r'params/dense/kernel has shape \(784, 10\) '
                        r'in the checkpoint, \(784, 20\) here'):
       ckpt.restore(jax.eval_shape(lambda: {
@@ -76,7 +76,7 @@ def test_a_damaged_checkpoint_is_refused(tmp_path):
   biggest.write_bytes(bytes(content))
   with checkpoint.Checkpointer(str(tmp_path), read_only=True) as ckpt:
     with pytest.raises(FlaxMnistError, match=r'checkpoints/1: (damaged checkpoint|cannot restore)'):
-      train.restore_state(ckpt, configs.get_preset('keras'))
+      resume.restore_state(ckpt, configs.get_preset('keras'))
 
 
 def test_a_save_cut_short_is_never_listed(tmp_path):
@@ -104,6 +104,32 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
   monkeypatch.setattr(pickle, 'loads', refuse)
   monkeypatch.setattr(pickle, 'load', refuse)
   monkeypatch.setattr(pickle, 'Unpickler', refuse)
-  _, restored = train.restore_workdir(str(tmp_path))
+  _, restored = resume.restore_workdir(str(tmp_path))
   np.testing.assert_array_equal(restored.params['dense']['kernel'],
                                 state.params['dense']['kernel'])
+
+
+def test_orbax_configures_no_logging_and_keeps_its_chatter_down(tmp_path):
+  """absl would give the root logger a handler at orbax's first line, and
+  orbax says some 70 INFO lines a run."""
+  import subprocess
+  import sys
+  script = '''if True:
+    import logging, sys
+    import flax_mnist
+    from flax_mnist import checkpoint, configs, core
+    assert not logging.root.handlers, logging.root.handlers
+    state = core.create_train_state(configs.get_preset('beginners'))
+    with checkpoint.Checkpointer(sys.argv[1]) as ckpt:
+      ckpt.save(1, state, {'step': 1})
+    assert not logging.root.handlers, logging.root.handlers
+    logging.basicConfig(level=logging.INFO)
+    with checkpoint.Checkpointer(sys.argv[1]) as ckpt:
+      ckpt.save(2, state, {'step': 2})
+      ckpt.restore_record(1)
+    logging.getLogger('flax_mnist.train').info('ours')
+  '''
+  result = subprocess.run([sys.executable, '-c', script, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.splitlines() == ['INFO:flax_mnist.train:ours']

@@ -92,3 +92,28 @@ def test_set_reaches_the_data_fields(tiny_idx_dir, tmp_path, capsys):
                    '--set', f'data_dir={tiny_idx_dir}', '--set', 'verify_data=false',
                    '--set', 'steps=3', '--set', 'batch_size=10']) == 0
   assert '(60 images)' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('args', [
+    ['train', '--preset', 'beginners', '--source', 'tfds'],
+    ['train', '--preset', 'beginners', '--tfds-data-dir', 'tfds'],  # implies it
+    ['data', 'prepare', 'DATA'],
+])
+def test_without_the_tfds_extra_one_line_says_what_to_install(
+    args, mnist_dir, tmp_path, monkeypatch, capsys):
+  for module in ('tensorflow', 'tensorflow_datasets'):
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+  args = [mnist_dir if a == 'DATA' else a for a in args]
+  if args[0] == 'train':
+    args += ['--workdir', str(tmp_path / 'run')]
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1
+  assert err.startswith('flax-mnist: error: tensorflow-datasets and TensorFlow')
+  assert err.rstrip().endswith(": pip install 'flax-mnist[tfds]'")
+
+
+def test_a_folder_and_tfds_are_two_sources(tiny_idx_dir, tmp_path, capsys):
+  assert cli.main(['train', '--preset', 'beginners', '--workdir', str(tmp_path),
+                   '--source', 'tfds', '--data-dir', tiny_idx_dir]) == 2
+  assert "and data source 'tfds' are two sources" in capsys.readouterr().err

@@ -83,3 +83,25 @@ def test_dict_round_trip_and_unknown_keys():
 def test_batch_larger_than_data():
   with pytest.raises(ConfigError, match='larger than the training set'):
     configs.get_preset('beginners').steps_per_epoch(50)
+
+
+@pytest.mark.parametrize('saved, source', [
+    ({'data_dir': None, 'tfds_data_dir': None}, ('package', None, None)),
+    ({'data_dir': None, 'tfds_data_dir': '/t'}, ('tfds', None, '/t')),
+    ({'data_dir': '/d', 'tfds_data_dir': '/t'}, ('package', '/d', None)),
+])
+def test_a_config_saved_before_data_source_still_loads(saved, source):
+  # Such a config read tfds when data_dir was None, and data_dir won over
+  # tfds_data_dir; the packaged files give tfds's arrays.
+  old = {k: v for k, v in configs.get_preset('keras').to_dict().items()
+         if k != 'data_source'}
+  config = configs.Config.from_dict({**old, **saved})
+  assert (config.data_source, config.data_dir, config.tfds_data_dir) == source
+  assert dataclasses.replace(config, data_source='package', data_dir=None,
+                             tfds_data_dir=None) == configs.get_preset('keras')
+
+
+def test_data_source_is_validated():
+  with pytest.raises(ConfigError, match="data_dir /d and data source 'tfds'"):
+    configs.apply_overrides(configs.get_preset('beginners'),
+                            ['data_source=tfds', 'data_dir=/d'])

@@ -63,7 +63,7 @@ def guide_dir(tmp_path, tiny_idx_dir, monkeypatch):
   work.mkdir()
   draw_digit(work / 'my_digit.png')
   monkeypatch.chdir(work)
-  monkeypatch.setenv('FLAX_MNIST_DATA_DIR', tiny_idx_dir)
+  monkeypatch.setenv('GUIDE_DATA_DIR', tiny_idx_dir)
   monkeypatch.setenv('GUIDE_VERIFY', '0')
   monkeypatch.setenv('GUIDE_STEPS', str(TEST_STEPS))
   return work

@@ -18,8 +18,10 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from conftest import synthetic_split
-from flax_mnist import checkpoint, configs, idx, preprocess, train
+from flax_mnist import checkpoint, configs, core, idx, preprocess, resume
 from flax_mnist.errors import DataError, FlaxMnistError
+
+pytestmark = pytest.mark.slow
 
 # Examples per fuzzed input (FLAX_MNIST_FUZZ_EXAMPLES for a longer search).
 EXAMPLES = int(os.environ.get('FLAX_MNIST_FUZZ_EXAMPLES', 150))
@@ -65,7 +67,7 @@ def saved_run(tmp_path_factory):
   """A keras_cnn checkpoint written by the library."""
   workdir = tmp_path_factory.mktemp('run')
   config = configs.get_preset('keras')
-  state = train.create_train_state(config, 600)
+  state = core.create_train_state(config, 600)
   with checkpoint.Checkpointer(str(workdir)) as ckpt:
     ckpt.save(1, state, {'config': config.to_dict(), 'num_train': 600,
                          'data_position': [0, 1]})
@@ -96,7 +98,7 @@ def test_checkpoint_loader(saved_run, data):
     with open(path, 'wb') as f:
       f.write(content)
     try:
-      _, restored = train.restore_workdir(folder)
+      _, restored = resume.restore_workdir(folder)
     except FlaxMnistError:
       return
   for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):

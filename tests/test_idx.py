@@ -132,3 +132,14 @@ def test_a_damaged_copy_of_the_real_data(mnist_dir, tmp_path):
     f.write(bytes(content))
   problems = idx.verify_dir(str(tmp_path))
   assert len(problems) == 1 and 'checksum mismatch' in problems[0]
+
+
+def test_swapped_train_and_test_files_are_named_and_refused(mnist_dir, tmp_path):
+  for split, other in (('train', 't10k'), ('t10k', 'train')):
+    for kind in ('images-idx3', 'labels-idx1'):
+      os.symlink(os.path.join(mnist_dir, f'{other}-{kind}-ubyte.gz'),
+                 tmp_path / f'{split}-{kind}-ubyte.gz')
+  for verify in (True, False):
+    with pytest.raises(DataError, match=r'train-images-idx3-ubyte.gz: this is the '
+                       r'test-images file .*swapped'):
+      input_pipeline.from_idx_dir(str(tmp_path), verify=verify)

@@ -1,9 +1,15 @@
+import os
+import re
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from conftest import synthetic_split
-from flax_mnist import input_pipeline
+from conftest import synthetic_split, write_idx
+from flax_mnist import idx, input_pipeline
+from flax_mnist.errors import ConfigError, DataError
 
 
 def test_canonical_order_ignores_input_order():
@@ -47,3 +53,43 @@ def test_to_device_pads_with_a_mask(tiny_mnist):
   split = input_pipeline.to_device(tiny_mnist.test_images, tiny_mnist.test_labels, 60)
   assert len(split.labels_N) == 180 and int(split.mask_N.sum()) == 130
   assert not np.any(split.mask_N[130:])
+
+
+def test_the_packaged_mnist_is_the_default_source(mnist_dir):
+  data = input_pipeline.load()
+  assert (len(data.train_labels), len(data.test_labels)) == (60000, 10000)
+  assert mnist_dir == idx.PACKAGED_DIR
+  same = input_pipeline.load(mnist_dir)
+  for field in ('train_images', 'train_labels', 'test_images', 'test_labels'):
+    np.testing.assert_array_equal(getattr(data, field), getattr(same, field))
+
+
+def test_the_packaged_mnist_is_verified_whatever_is_asked(tmp_path, monkeypatch):
+  damaged = tmp_path / 'data'
+  damaged.mkdir()
+  for name in os.listdir(idx.PACKAGED_DIR):
+    if name.endswith('.gz'):
+      shutil.copy(os.path.join(idx.PACKAGED_DIR, name), damaged / name)
+  _, labels = idx.load_split(str(damaged), 'test')
+  labels = labels.copy()
+  labels[0] = (labels[0] + 1) % 10
+  write_idx(str(damaged / 't10k-labels-idx1-ubyte.gz'), labels)
+  monkeypatch.setattr(idx, 'PACKAGED_DIR', str(damaged))
+  with pytest.raises(DataError, match='t10k-labels-idx1-ubyte.gz: checksum mismatch'):
+    input_pipeline.load(verify=False)
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(source='tfds', data_dir='d'), "data_dir d and data source 'tfds' are two sources"),
+    (dict(tfds_data_dir='t'), "tfds_data_dir t is for data source 'tfds', not 'package'"),
+    (dict(source='hub'), "unknown data source 'hub'; choose one of: package, tfds"),
+])
+def test_one_source_at_a_time(options, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    input_pipeline.load(**options)
+
+
+def test_the_package_ships_mnist_only():
+  with pytest.raises(DataError, match='the package ships MNIST only: read '
+                                      'Fashion-MNIST from --data-dir DIR or --source tfds'):
+    input_pipeline.load(dataset='fashion_mnist')

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from flax_mnist import configs, monitor, train
+from flax_mnist.errors import FlaxMnistError
 
 event_files = pytest.importorskip('event_files')  # needs tensorboardX
 
@@ -105,3 +106,45 @@ def test_metrics_log_skips_a_line_cut_short_and_drops_from_a_step(tmp_path):
   log.drop_from(10)
   assert [e['step'] for e in log.entries()] == [0]
   assert open(log.path).read().count('\n') == 1
+
+
+def test_bad_metrics_lines_are_skipped_with_one_warning(tmp_path, caplog):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_bytes(b'{"step": 0, "train_loss": 2.3}\n\xff\xfe not utf-8\n'
+                   b'{"step": "300"}\n[1, 2]\n{"step": 10, "train_loss": 1.0}\n'
+                   b'{"step": 20, "train_lo')
+  with caplog.at_level('WARNING', 'flax_mnist'):
+    entries = monitor.MetricsLog(str(path)).entries()
+  assert [e['step'] for e in entries] == [0, 10]
+  warnings = [r.getMessage() for r in caplog.records]
+  assert len(warnings) == 1 and 'skipped 3 damaged line(s) (line 2, 3, 4)' in warnings[0]
+
+
+def test_a_run_with_bad_metrics_lines_resumes_and_reports(tiny_mnist, tmp_path):
+  from flax_mnist import report
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(steps=20, eval_every=0), workdir, tiny_mnist)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'ab') as f:
+    f.write(b'\xff\xfe\n{"step": "300"}\n')
+  train.train_and_evaluate(_config(eval_every=0), workdir, tiny_mnist)
+  assert [m['step'] for m in report.read_metrics(workdir)] == [0, 10, 20, 30]
+
+
+def test_tensorboard_as_a_file_is_refused_before_training(tiny_mnist, tmp_path, caplog):
+  (tmp_path / monitor.TENSORBOARD_DIR).write_text('not a folder')
+  with caplog.at_level('INFO', 'flax_mnist'):
+    with pytest.raises(FlaxMnistError, match=r'tensorboard: not a folder'):
+      train.train_and_evaluate(_config(), str(tmp_path), tiny_mnist)
+  assert not any('training' in r.getMessage() for r in caplog.records)
+  assert not (tmp_path / 'config.json').exists()
+
+
+def test_the_runs_files_respect_the_umask(tiny_mnist, tmp_path):
+  previous = os.umask(0o027)
+  try:
+    train.train_and_evaluate(_config(steps=20, eval_every=0), str(tmp_path), tiny_mnist)
+    train.train_and_evaluate(_config(eval_every=0), str(tmp_path), tiny_mnist)
+  finally:
+    os.umask(previous)
+  for name in ('config.json', 'metrics.jsonl'):
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name

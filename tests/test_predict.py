@@ -10,8 +10,10 @@ from PIL import Image
 
 import digits
 from conftest import REPO, TRAIN_STEPS
-from flax_mnist import cli, idx, input_pipeline, predict, train
+from flax_mnist import cli, configs, idx, input_pipeline, predict, resume, train
 from flax_mnist.errors import DataError
+
+pytestmark = pytest.mark.slow
 
 # The bar is lower than the 95% a fully trained model must reach
 # (benchmarks/predict_accuracy.py): the suite's model trains TRAIN_STEPS.
@@ -57,9 +59,9 @@ def test_mnist_png_round_trip_matches_the_arrays(workdir, predictor, mnist_dir,
     Image.fromarray(image).save(path)
   from_files = predictor.predict_files(paths)
   # The array path: the model on the arrays, as evaluation feeds them.
-  _, state = train.restore_workdir(workdir)
+  _, state = resume.restore_workdir(workdir)
   logits = state.apply_fn({'params': state.params},
-                          input_pipeline.normalize(images[..., None]), train=False)
+                          images, train=False)
   direct = np.asarray(jax.nn.softmax(logits))
   np.testing.assert_array_equal(np.stack([p.image for p in from_files]), images)
   assert [p.digit for p in from_files] == list(direct.argmax(1))
@@ -87,12 +89,13 @@ def test_compiles_once_for_any_number(predictor, digit_png):
 
 def test_library_takes_paths_pil_images_and_arrays(workdir, digit_png):
   pil = Image.open(digit_png)
-  probabilities = predict.predict_probabilities(
-      workdir, [digit_png, pil, np.asarray(pil), np.asarray(pil.convert('RGB'))])
+  predictor = predict.Predictor(workdir)
+  probabilities = predictor.predict_probabilities(
+      [digit_png, pil, np.asarray(pil), np.asarray(pil.convert('RGB'))])
   assert probabilities.shape == (4, 10) and probabilities.dtype == np.float32
   np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
   np.testing.assert_allclose(probabilities, probabilities[:1].repeat(4, 0), atol=1e-6)
-  assert predict.predict_probabilities(workdir, []).shape == (0, 10)
+  assert predictor.predict_probabilities([]).shape == (0, 10)
 
 
 def test_library_names_the_bad_image(predictor, digit_png, tmp_path):
@@ -207,3 +210,57 @@ def test_command_line_output_is_clean(workdir, digit_png, tmp_path):
   assert out.returncode == 1 and out.stderr == ''
   first, second = map(json.loads, out.stdout.splitlines())
   assert first['digit'] == 7 and 'error' in second
+
+
+@pytest.fixture(scope='module')
+def small_predictor(tiny_mnist, tmp_path_factory) -> predict.Predictor:
+  """A few steps of softmax regression: these tests check shapes and errors."""
+  config = dataclasses.replace(configs.get_preset('beginners'), steps=10)
+  path = str(tmp_path_factory.mktemp('beginners'))
+  train.train_and_evaluate(config, path, tiny_mnist)
+  return predict.Predictor(path)
+
+
+def test_one_path_or_a_list(small_predictor, digit_png):
+  one = small_predictor.predict_probabilities(digit_png)
+  assert one.shape == (1, 10)
+  np.testing.assert_array_equal(one, small_predictor.predict_probabilities([digit_png]))
+  [prediction] = small_predictor.predict_files(digit_png)
+  np.testing.assert_array_equal(prediction.probabilities, one[0])
+
+
+def test_predict_files_takes_pil_images_and_arrays_with_a_result_each(
+    small_predictor, digit_png):
+  with Image.open(digit_png) as image:
+    image.load()
+  blank = np.full((40, 40), 255, np.uint8)
+  predictions = small_predictor.predict_files([image, blank, digit_png])
+  assert [p.file for p in predictions] == ['image 0', 'image 1', digit_png]
+  assert predictions[0].error is None and predictions[2].error is None
+  np.testing.assert_array_equal(predictions[0].probabilities,
+                                predictions[2].probabilities)
+  assert 'no digit found' in predictions[1].error
+
+
+def test_the_size_message_names_the_pictures_own_size(small_predictor, tmp_path):
+  path = str(tmp_path / 'thin.png')
+  Image.new('L', (1, 20000), 255).save(path)
+  [prediction] = small_predictor.predict_files([path])
+  assert prediction.error.startswith('1x20000 pixels (width x height) is too small')
+
+
+def test_links_and_fifos_in_a_folder_are_counted(small_predictor, digit_png, tmp_path,
+                                                 caplog):
+  import os
+  folder = tmp_path / 'pictures'
+  folder.mkdir()
+  os.symlink(digit_png, folder / 'good.png')
+  os.symlink(folder / 'loop.png', folder / 'loop.png')
+  os.symlink(tmp_path / 'gone.png', folder / 'dangling.png')
+  os.mkfifo(folder / 'pipe.png')
+  with caplog.at_level('WARNING', 'flax_mnist'):
+    predictions = small_predictor.predict_files([str(folder)])
+  assert [os.path.basename(p.file) for p in predictions] == ['good.png']
+  [warning] = [r.getMessage() for r in caplog.records]
+  assert warning == (f'{folder}: skipped 1 dangling link, 1 symlink loop, 1 FIFO '
+                     '(not files)')

@@ -1,6 +1,5 @@
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -209,14 +208,11 @@ def phone_photo(tmp_path_factory) -> str:
   return path
 
 
-def test_24_megapixel_jpeg_is_fast(phone_photo):
-  start = time.perf_counter()
+def test_24_megapixel_jpeg_is_reduced(phone_photo):
+  # Its time is benchmarks/predict_accuracy.py's to measure, not a test's.
   prepared = preprocess.prepare(phone_photo)
-  elapsed = time.perf_counter() - start
   assert max(prepared.original.shape) == preprocess.WORK_SIZE
   assert prepared.image.max() == 255
-  # The benchmark holds it to 1 s on 2 idle cores; a loaded CI machine gets slack.
-  assert elapsed < 3
 
 
 @pytest.mark.parametrize('make', [

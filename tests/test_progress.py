@@ -21,14 +21,6 @@ def test_a_disabled_bar_draws_nothing(capsys):
   assert capsys.readouterr().out == ''
 
 
-def test_device_map_gives_the_same_results_with_a_bar(capsys):
-  plain = progress.device_map(lambda i: np.float32(i) * 2, 5, False, 'counting')
-  assert capsys.readouterr().out == ''
-  shown = progress.device_map(lambda i: np.float32(i) * 2, 5, True, 'counting')
-  assert shown == plain == [0, 2, 4, 6, 8]
-  assert 'counting' in capsys.readouterr().out
-
-
 def test_plain_log_lines_when_not_a_terminal(tiny_idx_dir, tmp_path, capsys):
   assert cli.main([*TRAIN, '--workdir', str(tmp_path), '--data-dir', tiny_idx_dir]) == 0
   out = capsys.readouterr().out

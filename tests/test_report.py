@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import synthetic_split, write_idx
-from flax_mnist import cli, configs, report, train
+from flax_mnist import cli, configs, evaluation, report, train
 from flax_mnist.errors import FlaxMnistError
 
 pytest.importorskip('matplotlib')
@@ -59,7 +59,7 @@ def test_report_writes_every_picture_and_a_page_of_them(workdir, tmp_path):
   parser.feed(page)
   assert parser.sources == list(report.PICTURES)
   assert sorted(os.listdir(out)) == sorted([*report.PICTURES, 'report.html'])
-  accuracy = train.evaluate_workdir(workdir)['test_accuracy']
+  accuracy = evaluation.evaluate_workdir(workdir)['test_accuracy']
   assert f'<th>test accuracy</th><td>{accuracy:.4f}</td>' in page
   assert '<th>model</th><td>keras_cnn</td>' in page
   assert '<th>step</th><td>20</td>' in page

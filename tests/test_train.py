@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import configs, input_pipeline, train
+from flax_mnist import configs, core, evaluation, input_pipeline, train
 from flax_mnist.errors import ConfigError, FlaxMnistError
 
 
@@ -22,33 +22,32 @@ def _config(**changes) -> configs.Config:
 
 def test_train_step_is_pure_and_learns(tiny_mnist):
   config = _config()
-  state = train.create_train_state(config)
+  state = core.create_train_state(config)
   split = input_pipeline.to_device(tiny_mnist.train_images, tiny_mnist.train_labels)
   order = input_pipeline.epoch_permutation(jax.random.PRNGKey(0), 0, 600)
   batch = input_pipeline.batch_at(split, order, 0, 20)
-  twin = train.create_train_state(config)
-  a, metrics_a = train.train_step(state, batch, jax.random.PRNGKey(1))
-  b, metrics_b = train.train_step(twin, batch, jax.random.PRNGKey(1))
+  twin = core.create_train_state(config)
+  a, metrics_a = core.train_step(state, batch, jax.random.PRNGKey(1))
+  b, metrics_b = core.train_step(twin, batch, jax.random.PRNGKey(1))
   assert int(a.step) == 1
   jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
   assert set(metrics_a) == {'loss', 'accuracy'}
   losses = []
   for i in range(1, 30):
-    a, metrics = train.train_step(a, input_pipeline.batch_at(split, order, i % 30, 20),
+    a, metrics = core.train_step(a, input_pipeline.batch_at(split, order, i % 30, 20),
                                   jax.random.PRNGKey(i))
     losses.append(float(metrics['loss']))
   assert np.mean(losses[-5:]) < 0.5 * float(metrics_a['loss'])
 
 
 def test_evaluate_counts_every_example(tiny_mnist):
-  state = train.create_train_state(_config())
-  split = input_pipeline.to_device(tiny_mnist.test_images, tiny_mnist.test_labels, 50)
-  results = train.evaluate(state, split, 50)
+  state = core.create_train_state(_config())
+  results = evaluation.evaluate(state, tiny_mnist.test_images,
+                                tiny_mnist.test_labels, 50)
   assert results['num_examples'] == 130
-  logits = state.apply_fn({'params': state.params},
-                          input_pipeline.normalize(tiny_mnist.test_images))
+  logits = state.apply_fn({'params': state.params}, tiny_mnist.test_images)
   expected = np.mean(np.argmax(logits, -1) == tiny_mnist.test_labels)
-  assert results['test_accuracy'] == pytest.approx(expected)
+  assert results['accuracy'] == pytest.approx(expected)
 
 
 def test_train_and_evaluate_writes_logs_metrics_and_checkpoints(tiny_mnist, tmp_path, caplog):
@@ -92,17 +91,17 @@ def test_resume_refuses_another_config(tiny_mnist, tmp_path):
 def test_evaluate_workdir(tiny_idx_dir, tmp_path):
   config = _config(steps=10, data_dir=tiny_idx_dir, verify_data=False)
   _, results = train.train_and_evaluate(config, str(tmp_path))
-  again = train.evaluate_workdir(str(tmp_path), verify_data=False)
+  again = evaluation.evaluate_workdir(str(tmp_path), verify_data=False)
   assert results['train_seconds'] > 0 and results['compile_seconds'] > 0
   assert again == {k: v for k, v in results.items() if not k.endswith('_seconds')}
 
 
-def test_training_from_idx_imports_no_tensorflow(mnist_dir, tmp_path):
+@pytest.mark.slow
+def test_training_on_the_packaged_mnist_imports_no_tensorflow(tmp_path):
   code = f'''
 import sys, dataclasses
 from flax_mnist import configs, train
-config = dataclasses.replace(configs.get_preset('beginners'), steps=300,
-                             data_dir={mnist_dir!r})
+config = dataclasses.replace(configs.get_preset('beginners'), steps=300)
 _, results = train.train_and_evaluate(config, {str(tmp_path)!r})
 assert results['num_examples'] == 10000, results
 assert results['test_accuracy'] > 0.88, results
@@ -139,8 +138,18 @@ def test_steps_per_dispatch_does_not_change_the_result(tiny_mnist, tmp_path, mod
       dataclasses.replace(config, steps_per_dispatch=1), str(tmp_path / 'a'), tiny_mnist)
   many, results_many = train.train_and_evaluate(
       dataclasses.replace(config, steps_per_dispatch=8), str(tmp_path / 'b'), tiny_mnist)
+  # Inside lax.scan XLA:CPU sums a convolution's input gradient in another
+  # order (up to 1.1e-5 apart on unit-sized values, on JAX 0.10.2 and 0.12.0.1
+  # alike; the forward pass, the dense layers and ops.py's kernel gradient
+  # are bitwise equal), and 30 Adam steps amplify that to 4.2e-6 on both, as
+  # much as a learning rate one float32 ulp higher does. The old rtol 1e-5,
+  # atol 1e-6 passed on 0.10.2 only because the largest difference fell on a
+  # large parameter. One step fewer moves a parameter by 1.2e-3, so atol 1e-4
+  # still catches a step's mistake.
+  # Softmax regression has no convolution: bitwise equal.
+  atol = 1e-4 if model == 'keras_cnn' else 0
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=atol),
       one.params, many.params)
   logged = [[json.loads(line) for line in open(tmp_path / d / 'metrics.jsonl')]
             for d in 'ab']
@@ -171,3 +180,50 @@ def test_cosine_schedule_and_bfloat16_train(tiny_mnist, tmp_path):
   with pytest.raises(ConfigError, match='cannot change'):
     train.train_and_evaluate(dataclasses.replace(config, steps=60), str(tmp_path),
                              tiny_mnist)
+
+
+def test_a_refused_config_writes_nothing(tiny_mnist, tmp_path):
+  with pytest.raises(ConfigError, match='larger than the training set'):
+    train.train_and_evaluate(_config(batch_size=10**9), str(tmp_path), tiny_mnist)
+  assert not (tmp_path / 'config.json').exists()
+  assert not (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_fewer_steps_than_the_workdir_holds_is_refused_leaving_it_alone(
+    tiny_mnist, tmp_path):
+  train.train_and_evaluate(_config(model='softmax_regression'),
+                           str(tmp_path), tiny_mnist)
+  before = {name: (tmp_path / name).read_bytes()
+            for name in ('config.json', 'metrics.jsonl')}
+  with pytest.raises(ConfigError, match=r'already at step 30, past the 10 steps asked for'):
+    train.train_and_evaluate(_config(model='softmax_regression',
+                                     steps=10), str(tmp_path), tiny_mnist)
+  assert before == {name: (tmp_path / name).read_bytes() for name in before}
+
+
+def test_a_relative_data_dir_is_saved_absolute(tiny_idx_dir, tmp_path, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(tiny_idx_dir))
+  config = _config(steps=10, data_dir=os.path.basename(tiny_idx_dir),
+                   verify_data=False)
+  assert config.data_dir == tiny_idx_dir
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  assert saved['data_dir'] == tiny_idx_dir
+
+
+def test_eval_needs_only_the_test_split_and_names_a_saved_path(tiny_idx_dir, tmp_path):
+  import shutil
+  data_dir = shutil.copytree(tiny_idx_dir, tmp_path / 'data')
+  config = _config(steps=10, data_dir=str(data_dir), verify_data=False)
+  _, results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  test_only = tmp_path / 'test_only'
+  test_only.mkdir()
+  for name in ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
+    shutil.copy(data_dir / name, test_only)
+  again = evaluation.evaluate_workdir(str(tmp_path / 'run'), data_dir=str(test_only),
+                                 verify_data=False)
+  assert again['test_accuracy'] == results['test_accuracy']
+  shutil.rmtree(data_dir)
+  with pytest.raises(FlaxMnistError, match=r"no such folder .*\(the data source "
+                     r"saved in .*run's config: give --data-dir"):
+    evaluation.evaluate_workdir(str(tmp_path / 'run'))

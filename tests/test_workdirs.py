@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from flax_mnist import configs, train, workdirs
+from flax_mnist import configs, core, train, workdirs
 from flax_mnist.errors import FlaxMnistError
 
 HOLD_LOCK = """
@@ -43,7 +43,7 @@ def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
 
 
 def test_check_room_counts_the_checkpoints_to_come(tmp_path, monkeypatch):
-  state = train.create_train_state(configs.get_preset('experts'))
+  state = core.create_train_state(configs.get_preset('experts'))
   size = workdirs.state_bytes(state)
   # Parameters, Adam's two moments, the PRNG key and Adam's step count.
   assert size == 3 * 3_274_634 * 4 + 2 * 4 + 4
