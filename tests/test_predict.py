@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import subprocess
