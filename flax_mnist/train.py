@@ -58,18 +58,20 @@ def train_and_evaluate(config: configs.Config, workdir: str,
   >>> int(state.step), results['num_examples']
   (4, 200)
   """
-  _make_folder(workdir)
   dp = parallel.DataParallel.create(config.num_devices, config.batch_size)
+  if data is None:
+    data = resume.load_data(config)
+  num_train = len(data.train_labels)
+  # Before the workdir is touched: a config that does not fit the data
+  # leaves nothing behind.
+  config.steps_per_epoch(num_train)
+  _make_folder(workdir)
   primary = parallel.is_primary()
   # Only the first process writes the run's files; orbax saves from all.
   with (workdirs.locked(workdir) if primary else contextlib.nullcontext(),
         checkpoint.Checkpointer(workdir, config.max_checkpoints) as ckpt,
         monitor.TrainMonitor(workdir, progress_bar, primary) as log):
-    # A refused resume should not wait for the data to load.
     state, saved = resume.resume(config, ckpt, workdir, dp)
-    if data is None:
-      data = resume.load_data(config)
-    num_train = len(data.train_labels)
     if saved and saved['num_train'] != num_train:
       raise FlaxMnistError(
           f'{workdir} was trained on {saved["num_train"]} examples, this data '
@@ -83,8 +85,6 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     step, total_steps = int(state.step), config.total_steps(num_train)
     steps_per_epoch = config.steps_per_epoch(num_train)
     if primary:
-      # Written once the config is known to fit the data, so a refused run
-      # leaves no config behind.
       workdirs.write_atomically(os.path.join(workdir, 'config.json'),
                                 json.dumps(config.to_dict(), indent=2))
     log.start(config, step, total_steps)

@@ -184,9 +184,16 @@ def test_cosine_schedule_and_bfloat16_train(tiny_mnist, tmp_path):
 
 def test_a_refused_config_writes_nothing(tiny_mnist, tmp_path):
   with pytest.raises(ConfigError, match='larger than the training set'):
-    train.train_and_evaluate(_config(batch_size=10**9), str(tmp_path), tiny_mnist)
-  assert not (tmp_path / 'config.json').exists()
-  assert not (tmp_path / 'metrics.jsonl').exists()
+    train.train_and_evaluate(_config(batch_size=10**9), str(tmp_path / 'new'),
+                             tiny_mnist)
+  assert not (tmp_path / 'new').exists()
+  train.train_and_evaluate(_config(steps=10), str(tmp_path / 'run'), tiny_mnist)
+  before = {p: p.read_bytes() for p in (tmp_path / 'run').rglob('*') if p.is_file()}
+  with pytest.raises(ConfigError, match='larger than the training set'):
+    train.train_and_evaluate(_config(steps=10, batch_size=10**9),
+                             str(tmp_path / 'run'), tiny_mnist)
+  assert before == {p: p.read_bytes() for p in (tmp_path / 'run').rglob('*')
+                    if p.is_file()}
 
 
 def test_fewer_steps_than_the_workdir_holds_is_refused_leaving_it_alone(
