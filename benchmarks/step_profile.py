@@ -66,7 +66,7 @@ def _empty_call_ms() -> float:
 
 def layers(model_name: str, batch_size: int) -> list[tuple[str, nn.Module, tuple]]:
   """(name, unbound module, input shape) of each top-level layer, in call order."""
-  model = models.create_model(model_name, dropout_rate=0.5)
+  model = models.create_model(model_name)  # the tutorial's dropout, if any
   found = []
 
   def record(next_fun, args, kwargs, context):
@@ -188,8 +188,7 @@ def host_ms(config, seconds) -> float:
 def profile(model_name: str, batch_size: int, seconds: float, torch_too: bool
             ) -> list[dict]:
   config = configs.Config(model=model_name, batch_size=batch_size,
-                          **compare.optimizer_config(model_name),
-                          dropout_rate=0.5 if model_name == 'deep_cnn' else 0.0)
+                          **compare.optimizer_config(model_name))
   rows = []
   for name, module, shape in layers(model_name, batch_size):
     if isinstance(module, models.Flatten):
