@@ -159,12 +159,15 @@ def torch_layer_ms(module, shape, seconds) -> dict[str, float]:
   return {'forward': fwd, 'gradients': max(median_ms(gradients, seconds) - fwd, 0.0)}
 
 
-def optimizer_ms(config, seconds) -> tuple[float, float]:
-  """(optax's, torch.optim's) ms for one update of the model's parameters."""
-  import torch
+def optimizer_ms(config, seconds, torch_too: bool) -> tuple[float, float | None]:
+  """(optax's, torch.optim's or None) ms for one update of the model's
+  parameters."""
   state = core.create_train_state(config)
   grads = jax.tree_util.tree_map(jnp.ones_like, state.params)
   ours = jax_ms(lambda s, g: s.apply_gradients(grads=g), (state, grads), seconds)
+  if not torch_too:
+    return ours, None
+  import torch
   tensors = [torch.zeros(x.shape, requires_grad=True)
              for x in jax.tree_util.tree_leaves(state.params)]
   for t in tensors:
@@ -198,9 +201,9 @@ def profile(model_name: str, batch_size: int, seconds: float, torch_too: bool
     for row in ours:
       row['pytorch_ms'] = theirs.get(row['piece'].split(' ', 1)[1])
       rows.append(row)
-  adam, torch_adam = optimizer_ms(config, seconds)
+  adam, torch_adam = optimizer_ms(config, seconds, torch_too)
   rows.append({'piece': config.optimizer, 'flax_mnist_ms': adam,
-               'pytorch_ms': torch_adam if torch_too else None})
+               'pytorch_ms': torch_adam})
   rows.append({'piece': 'host', 'flax_mnist_ms': host_ms(config, seconds),
                'pytorch_ms': None})
   step = throughput.measure(model_name, batch_size, 'float32',

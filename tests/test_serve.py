@@ -21,6 +21,9 @@ import serving
 from conftest import TRAIN_STEPS
 from flax_mnist import cli, predict, preprocess, serve
 
+# A served model trained for hundreds of steps, a browser: not the fast tier.
+pytestmark = pytest.mark.slow
+
 
 def _picture(label: int, seed: int = 0, fmt: str = 'PNG') -> bytes:
   """A handwritten `label`, dark on light paper, as an encoded file."""

@@ -18,6 +18,9 @@ import digits
 import serving
 from conftest import TRAIN_STEPS
 
+# A served model trained for hundreds of steps, a browser: not the fast tier.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = '/usr/bin/chromium'
 # Playwright's own browser builds cannot be downloaded here; Debian's can.
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
