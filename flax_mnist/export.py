@@ -30,7 +30,6 @@ from flax_mnist import datasets
 from flax_mnist import evaluation
 from flax_mnist import models
 from flax_mnist import ops
-from flax_mnist import predict
 from flax_mnist import resume
 from flax_mnist.errors import FlaxMnistError
 

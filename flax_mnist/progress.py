@@ -11,9 +11,7 @@ import logging
 import os
 import shutil
 import sys
-from typing import Any, Callable, Iterator
-
-import jax
+from typing import Any, Iterator
 
 
 def _tqdm():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import resume, train
+from flax_mnist import resume
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import evaluation, parallel, resume, train
+from flax_mnist import evaluation, parallel, resume
 from flax_mnist.errors import ConfigError
 
 pytestmark = pytest.mark.slow

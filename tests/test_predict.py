@@ -11,7 +11,7 @@ from PIL import Image
 
 import digits
 from conftest import REPO, TRAIN_STEPS
-from flax_mnist import cli, configs, idx, input_pipeline, predict, resume, train
+from flax_mnist import cli, configs, idx, predict, resume, train
 from flax_mnist.errors import DataError
 
 pytestmark = pytest.mark.slow

@@ -1,8 +1,6 @@
 import io
 import sys
 
-import numpy as np
-
 from flax_mnist import cli, progress
 
 TRAIN = ['train', '--preset', 'keras', '--no-verify', '--set', 'steps=20',
