@@ -10,9 +10,9 @@ import logging
 import re
 
 import pytest
-from PIL import Image, ImageDraw
 
 from conftest import REPO
+from snippets import blocks, draw_digit, run
 
 GUIDE = REPO / 'docs' / 'from-tensorflow.md'
 SETUP = 'Running the snippets'
@@ -24,7 +24,6 @@ STEPS = ('Load the data', 'Define the model', 'The loss', 'The optimizer',
          'Classifying your own photo', 'Looking at the graph')
 # Training steps per model: the first log line is at step 0.
 TEST_STEPS = 20
-_BLOCK = re.compile(r'^```([^\n]*)\n(.*?)^```$', re.M | re.S)
 
 
 def sections() -> dict[str, str]:
@@ -33,27 +32,11 @@ def sections() -> dict[str, str]:
   return dict(part.split('\n', 1) for part in parts)
 
 
-def blocks(text: str, info: str) -> list[str]:
-  return [code for kind, code in _BLOCK.findall(text) if kind.strip() == info]
-
-
 def tutorial(title: str) -> tuple[str, str]:
   matches = [(heading, text) for heading, text in sections().items()
              if heading.startswith(title)]
   assert len(matches) == 1, f'no single section starting {title!r}'
   return matches[0]
-
-
-def run(code: str, namespace: dict, name: str) -> None:
-  exec(compile(code, f'{GUIDE.name}: {name}', 'exec'), namespace)
-
-
-def draw_digit(path) -> None:
-  """A dark 7 drawn with a marker on white paper."""
-  image = Image.new('L', (120, 160), 235)
-  draw = ImageDraw.Draw(image)
-  draw.line([(25, 30), (95, 30), (50, 135)], fill=20, width=9)
-  image.save(path)
 
 
 @pytest.fixture
@@ -85,11 +68,11 @@ def test_section_runs(title, guide_dir, capsys, caplog):
   caplog.set_level(logging.INFO)
   namespace = {'__name__': 'guide'}
   for i, code in enumerate(blocks(sections()[SETUP], 'python')):
-    run(code, namespace, f'setup block {i + 1}')
+    run(code, namespace, f'{GUIDE.name}: setup block {i + 1}')
   assert namespace['STEPS'] == TEST_STEPS and namespace['VERIFY'] is False
   heading, text = tutorial(title)
   for i, code in enumerate(blocks(text, 'python')):
-    run(code, namespace, f'{heading}, block {i + 1}')
+    run(code, namespace, f'{GUIDE.name}: {heading}, block {i + 1}')
   output = capsys.readouterr().out
   logged = [r.getMessage() for r in caplog.records if r.name == 'flax_mnist.train']
   if 'train_and_evaluate(' in text:

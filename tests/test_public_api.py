@@ -5,15 +5,18 @@ import doctest
 import importlib
 import inspect
 import pkgutil
+import re
 
 import pytest
 
 import flax_mnist
-from conftest import make_idx_dir
+from conftest import REPO, make_idx_dir
+from snippets import blocks
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(flax_mnist.__path__)
                  if m.name != '__main__')
 _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+PAGES = ('README.md', 'docs/from-tensorflow.md')
 
 
 @pytest.fixture(scope='module')
@@ -47,3 +50,12 @@ def test_examples_run(name, doctest_dir, monkeypatch):
     runner.run(test)
   results = runner.summarize(verbose=False)
   assert results.failed == 0, f'{results.failed} of {name}\'s examples failed'
+
+
+@pytest.mark.parametrize('page', PAGES)
+def test_the_pages_use_only_the_public_surface(page):
+  code = '\n'.join(blocks((REPO / page).read_text()))
+  assert 'import flax_mnist' in code
+  assert not re.findall(r'(?:from|import) flax_mnist\.\w+|from flax_mnist import', code)
+  used = set(re.findall(r'\bflax_mnist\.(\w+)', code))
+  assert used and used <= set(flax_mnist.__all__), used - set(flax_mnist.__all__)
