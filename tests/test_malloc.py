@@ -61,6 +61,7 @@ np.save(sys.argv[3], np.concatenate(
 '''
 
 
+@pytest.mark.slow
 def test_training_is_bitwise_the_same(tmp_path):
   from conftest import REPO
   params = {}

@@ -46,6 +46,7 @@ print('same examples')
   assert out.returncode == 0 and 'same examples' in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_prepare_builds_tfds_fashion_mnist_from_debians_files(fashion_mnist_dir,
                                                              tmp_path):
   code = f'''

@@ -14,14 +14,16 @@ from flax_mnist.errors import ConfigError, FlaxMnistError
 
 
 def _config(**changes) -> configs.Config:
-  base = dataclasses.replace(configs.get_preset('keras'), epochs=None, steps=30,
-                             batch_size=20, log_every=10, checkpoint_every=10,
-                             eval_batch_size=50)
+  """The keras preset's training on the smallest model: most tests here are
+  of the loop, not of a network."""
+  base = dataclasses.replace(configs.get_preset('keras'), model='softmax_regression',
+                             epochs=None, steps=30, batch_size=20, log_every=10,
+                             checkpoint_every=10, eval_batch_size=50)
   return dataclasses.replace(base, **changes)
 
 
 def test_train_step_is_pure_and_learns(tiny_mnist):
-  config = _config()
+  config = _config(model='keras_cnn')
   state = core.create_train_state(config)
   split = input_pipeline.to_device(tiny_mnist.train_images, tiny_mnist.train_labels)
   order = input_pipeline.epoch_permutation(jax.random.PRNGKey(0), 0, 600)
@@ -63,8 +65,10 @@ def test_train_and_evaluate_writes_logs_metrics_and_checkpoints(tiny_mnist, tmp_
   assert json.load(open(tmp_path / 'config.json'))['steps'] == 30
 
 
-@pytest.mark.parametrize('model,extra', [('keras_cnn', {}),
-                                          ('deep_cnn', {'dropout_rate': 0.5})])
+# deep_cnn's run holds everything keras_cnn's does, and dropout's key too.
+@pytest.mark.parametrize('model,extra', [
+    pytest.param('keras_cnn', {}, marks=pytest.mark.slow),
+    ('deep_cnn', {'dropout_rate': 0.5})])
 def test_resume_ends_with_the_uninterrupted_parameters(tiny_mnist, tmp_path, model, extra):
   # 600 examples / batch 40 = 15 steps per epoch: the break at step 20 is mid-epoch.
   config = _config(model=model, batch_size=40, steps=40, checkpoint_every=20,
@@ -129,7 +133,8 @@ def test_unwritable_workdir_is_a_clear_error(tiny_mnist, tmp_path):
     train.train_and_evaluate(_config(), str(blocker / 'run'), tiny_mnist)
 
 
-@pytest.mark.parametrize('model', ['keras_cnn', 'softmax_regression'])
+@pytest.mark.parametrize('model', [pytest.param('keras_cnn', marks=pytest.mark.slow),
+                                   'softmax_regression'])
 def test_steps_per_dispatch_does_not_change_the_result(tiny_mnist, tmp_path, model):
   # 30 steps over 600 examples at batch 20 crosses an epoch boundary (30/epoch
   # would not, so use batch 25: 24 steps per epoch).
@@ -170,7 +175,8 @@ def test_dispatch_sizes_stop_at_evaluations_checkpoints_and_epochs():
 
 
 def test_cosine_schedule_and_bfloat16_train(tiny_mnist, tmp_path):
-  config = _config(lr_schedule='cosine', warmup_steps=5, dtype='bfloat16')
+  config = _config(model='keras_cnn', lr_schedule='cosine', warmup_steps=5,
+                   dtype='bfloat16')
   state, results = train.train_and_evaluate(config, str(tmp_path), tiny_mnist)
   assert jax.tree_util.tree_leaves(state.params)[0].dtype == np.float32
   assert results['test_accuracy'] > 0.3
@@ -198,13 +204,11 @@ def test_a_refused_config_writes_nothing(tiny_mnist, tmp_path):
 
 def test_fewer_steps_than_the_workdir_holds_is_refused_leaving_it_alone(
     tiny_mnist, tmp_path):
-  train.train_and_evaluate(_config(model='softmax_regression'),
-                           str(tmp_path), tiny_mnist)
+  train.train_and_evaluate(_config(), str(tmp_path), tiny_mnist)
   before = {name: (tmp_path / name).read_bytes()
             for name in ('config.json', 'metrics.jsonl')}
   with pytest.raises(ConfigError, match=r'already at step 30, past the 10 steps asked for'):
-    train.train_and_evaluate(_config(model='softmax_regression',
-                                     steps=10), str(tmp_path), tiny_mnist)
+    train.train_and_evaluate(_config(steps=10), str(tmp_path), tiny_mnist)
   assert before == {name: (tmp_path / name).read_bytes() for name in before}
 
 
