@@ -12,6 +12,10 @@ Nothing is unpickled: arrays come from tensorstore, the rest from JSON.
 A checkpoint whose files are missing or cut short is found before orbax reads
 it (`damage`), named with the newest intact one; training moves it aside to
 `WORKDIR/damaged_checkpoints/` and resumes from that one.
+
+The module runs over 300 lines because all that knows orbax stays in it:
+its manager, its temporary folder names, the tensorstore files the damage
+check reads and the absl logging it brings.
 """
 
 import hashlib

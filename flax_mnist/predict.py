@@ -6,6 +6,9 @@ batch size, so a hundred pictures cost little more than one; each picture is
 made into an input of the run's dataset by `preprocess`. A picture that cannot
 be read or has no digit is reported by itself while the others are still
 predicted.
+
+At about 300 lines it holds what `predict` shows: the `Predictor`, its
+per-file results and the sheet of the inputs the model saw.
 """
 
 import concurrent.futures

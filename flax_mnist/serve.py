@@ -7,6 +7,9 @@ call, so throughput grows with the number of clients. Pictures go through
 `preprocess`, as for `predict`. With `watch`, a newer checkpoint is restored
 beside the one in use and takes over between two calls: no request is
 dropped. Needs the `serve` extra (Starlette and uvicorn).
+
+The module runs a little over 300 lines: the routes, the batcher and the
+watcher share the served models and their one device thread.
 """
 
 import asyncio
