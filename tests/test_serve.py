@@ -1,4 +1,5 @@
-"""`flax-mnist serve`'s JSON API, through an HTTP client, against a real server."""
+"""`flax-mnist serve`'s JSON API, through an HTTP client, against a real server;
+the request batcher and the command's errors on a small run."""
 
 import asyncio
 import base64
@@ -17,12 +18,14 @@ import pytest
 from PIL import Image
 
 import digits
+import flax_mnist
 import serving
 from conftest import TRAIN_STEPS
 from flax_mnist import cli, predict, preprocess, serve
 
-# A served model trained for hundreds of steps, a browser: not the fast tier.
-pytestmark = pytest.mark.slow
+# The tests of a server have a model trained for hundreds of steps: slow
+# tier. The batcher's and the command's own tests need only a few steps.
+TINY_STEPS = 5
 
 
 def _picture(label: int, seed: int = 0, fmt: str = 'PNG') -> bytes:
@@ -46,10 +49,20 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope='module')
+def tiny_workdir(tiny_mnist, tmp_path_factory) -> str:
+  """Softmax regression trained `TINY_STEPS` steps on small data, saved."""
+  workdir = str(tmp_path_factory.mktemp('tiny') / 'tiny')
+  config = flax_mnist.Config(steps=TINY_STEPS, checkpoint_every=TINY_STEPS)
+  flax_mnist.train_and_evaluate(config, workdir, tiny_mnist)
+  return workdir
+
+
+@pytest.fixture(scope='module')
 def predictor(keras_workdir) -> predict.Predictor:
   return predict.Predictor(keras_workdir)
 
 
+@pytest.mark.slow
 def test_predicts_raw_bytes_as_predict_does(keras_server, keras_workdir, predictor):
   for label, fmt, kind in ((7, 'PNG', 'image/png'), (3, 'JPEG', 'image/jpeg')):
     data = _picture(label, fmt=fmt)
@@ -69,6 +82,7 @@ def test_predicts_raw_bytes_as_predict_does(keras_server, keras_workdir, predict
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_multipart_field_and_model_parameter(keras_server):
   data = _picture(7)
   raw = httpx.post(f'{keras_server.url}/api/predict', content=data).json()
@@ -79,6 +93,7 @@ def test_multipart_field_and_model_parameter(keras_server):
   assert form.json() == raw
 
 
+@pytest.mark.slow
 def test_models_and_health(keras_server, keras_workdir):
   models = httpx.get(f'{keras_server.url}/api/models').json()
   assert models == [{'name': os.path.basename(keras_workdir), 'model': 'keras_cnn',
@@ -139,6 +154,7 @@ def _bad_requests(url: str) -> dict[str, tuple[httpx.Request, int, str]]:
   }
 
 
+@pytest.mark.slow
 def test_every_bad_input_gets_a_clear_json_error(keras_server):
   with httpx.Client(timeout=60) as client:
     for name, (request, status, words) in _bad_requests(keras_server.url).items():
@@ -152,6 +168,7 @@ def test_every_bad_input_gets_a_clear_json_error(keras_server):
   assert 'Traceback' not in keras_server.output()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', ['/static/../serve.py', '/static/%2e%2e/serve.py',
                                   '/static/..%2fserve.py', '/static//etc/passwd',
                                   '/static/%2fetc%2fpasswd', '/../pyproject.toml',
@@ -168,6 +185,7 @@ def test_static_files_only_from_the_package(keras_server, path):
   assert b'import' not in reply and b'root:' not in reply
 
 
+@pytest.mark.slow
 def test_page_and_its_files(keras_server):
   page = httpx.get(keras_server.url)
   assert page.status_code == 200 and '<canvas id="pad"' in page.text
@@ -180,6 +198,7 @@ def test_page_and_its_files(keras_server):
   assert 'http' not in page.text and 'http' not in script
 
 
+@pytest.mark.slow
 def test_concurrent_requests_get_their_own_answers(keras_server):
   pictures = [_picture(label, seed) for seed in range(4) for label in range(10)]
 
@@ -198,9 +217,9 @@ def test_concurrent_requests_get_their_own_answers(keras_server):
     assert batched.json()['input'] == single.json()['input']
 
 
-def test_requests_that_arrive_together_share_a_call(keras_workdir):
-  model = serve.Model('keras', keras_workdir,
-                      predict.Predictor(keras_workdir, serve.BATCH_SIZES))
+def test_requests_that_arrive_together_share_a_call(tiny_workdir):
+  model = serve.Model('tiny', tiny_workdir,
+                      predict.Predictor(tiny_workdir, serve.BATCH_SIZES))
   sizes = []
   compute = model.predictor.probabilities_of_inputs
 
@@ -226,9 +245,10 @@ def test_requests_that_arrive_together_share_a_call(keras_workdir):
   assert sizes == [1] * 30
   for (a, step_a), (b, step_b) in zip(batched, unbatched):
     np.testing.assert_allclose(a, b, atol=1e-6)
-    assert step_a == step_b == TRAIN_STEPS
+    assert step_a == step_b == TINY_STEPS
 
 
+@pytest.mark.slow
 def test_a_stalled_client_does_not_block_the_others(keras_server):
   stalled = []
   data = _picture(7)
@@ -247,6 +267,7 @@ def test_a_stalled_client_does_not_block_the_others(keras_server):
       connection.close()
 
 
+@pytest.mark.slow
 def test_watch_switches_to_a_newer_checkpoint_while_requests_run(
     keras_workdir, tmp_path):
   half = TRAIN_STEPS // 2
@@ -288,6 +309,7 @@ def test_watch_switches_to_a_newer_checkpoint_while_requests_run(
   assert f'now serving step {TRAIN_STEPS}' in server.output()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_stops_gracefully(keras_workdir, tmp_path, sig):
   """Requests in flight are answered; a stalled client does not hold it up."""
@@ -318,13 +340,13 @@ def test_stops_gracefully(keras_workdir, tmp_path, sig):
   assert 'Traceback' not in server.output()
 
 
-def test_cli_errors(keras_workdir, tmp_path, capsys):
+def test_cli_errors(tiny_workdir, tmp_path, capsys):
   assert cli.main(['serve', '--workdir', str(tmp_path)]) == 2
   assert 'no checkpoints here' in capsys.readouterr().err
-  assert cli.main(['serve', '--workdir', keras_workdir, '--max-batch', '3']) == 2
+  assert cli.main(['serve', '--workdir', tiny_workdir, '--max-batch', '3']) == 2
   assert '--max-batch must be one of 1, 2, 4' in capsys.readouterr().err
-  twin = serving.copy_run(keras_workdir, tmp_path / 'a' / 'keras', TRAIN_STEPS)
+  twin = serving.copy_run(tiny_workdir, tmp_path / 'a' / 'keras', TINY_STEPS)
   (tmp_path / 'b').mkdir()
-  other = serving.copy_run(keras_workdir, tmp_path / 'b' / 'keras', TRAIN_STEPS)
+  other = serving.copy_run(tiny_workdir, tmp_path / 'b' / 'keras', TINY_STEPS)
   assert cli.main(['serve', '--workdir', twin, '--workdir', other]) == 2
   assert "two workdirs are named 'keras'" in capsys.readouterr().err
