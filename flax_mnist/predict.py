@@ -3,9 +3,9 @@ with a trained workdir.
 
 The checkpoint is restored and the forward pass compiled once, for a fixed
 batch size, so a hundred pictures cost little more than one; each picture is
-made into an input of the run's dataset by `preprocess`. A picture that cannot
-be read or has no digit is reported by itself while the others are still
-predicted.
+read by `pictures` and made into an input of the run's dataset by
+`preprocess`. A picture that cannot be read or has no digit is reported by
+itself while the others are still predicted.
 
 At about 300 lines it holds what `predict` shows: the `Predictor`, its
 per-file results and the sheet of the inputs the model saw.
@@ -27,6 +27,7 @@ from flax_mnist import datasets
 from flax_mnist import evaluation
 from flax_mnist import inputs
 from flax_mnist import models
+from flax_mnist import pictures
 from flax_mnist import preprocess
 from flax_mnist import resume
 from flax_mnist.errors import DataError, FlaxMnistError
@@ -153,16 +154,16 @@ class Predictor:
     return (np.concatenate(results) if results
             else np.zeros((0, 10), np.float32))
 
-  def predict_probabilities(self, images: preprocess.ImageSource
-                            | Iterable[preprocess.ImageSource]) -> np.ndarray:
+  def predict_probabilities(self, images: pictures.ImageSource
+                            | Iterable[pictures.ImageSource]) -> np.ndarray:
     """(N, 10) probabilities of pictures given as paths, PIL images or arrays
-    (one, or a list: `preprocess.as_list`).
+    (one, or a list: `pictures.as_list`).
 
     Raises `DataError` naming the first picture that cannot be used
     (`predict_files` gives a result for each instead).
     """
     made = []
-    for i, image in enumerate(preprocess.as_list(images)):
+    for i, image in enumerate(pictures.as_list(images)):
       try:
         made.append(preprocess.prepare(image, self.dataset).image)
       except DataError as e:
@@ -170,15 +171,15 @@ class Predictor:
         raise DataError(f'{name}: {e}') from None
     return self.probabilities_of_inputs(_stack(made))
 
-  def predict_files(self, paths: preprocess.ImageSource
-                    | Iterable[preprocess.ImageSource]) -> list[Prediction]:
+  def predict_files(self, paths: pictures.ImageSource
+                    | Iterable[pictures.ImageSource]) -> list[Prediction]:
     """A `Prediction` per picture, folders expanded to the pictures in them.
 
     Pictures may be paths, PIL images or arrays, one or a list; those that
     are not paths are named 'image I' by their place in the list.
     """
     files = []  # (name, error or None, source)
-    for i, source in enumerate(preprocess.as_list(paths)):
+    for i, source in enumerate(pictures.as_list(paths)):
       if isinstance(source, (str, os.PathLike)):
         files.extend((file, error, file) for file, error in expand_paths([source]))
       else:
@@ -209,13 +210,13 @@ def _stack(images: list[np.ndarray]) -> np.ndarray:
   return np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
 
 
-def _load(source: preprocess.ImageSource, error: str | None
+def _load(source: pictures.ImageSource, error: str | None
           ) -> tuple[np.ndarray | None, str | None]:
   """(the picture in gray, None) or (None, what is wrong with it)."""
   if error is not None:
     return None, error
   try:
-    return preprocess.load_gray(source), None
+    return pictures.load_gray(source), None
   except DataError as e:
     return None, str(e)
 
@@ -236,7 +237,7 @@ def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
   """(file, error or None) for each path; a folder gives its pictures, sorted.
 
   A folder's pictures are its files with an image extension
-  (`preprocess.IMAGE_EXTENSIONS`, any case) but hidden ones (macOS leaves
+  (`pictures.IMAGE_EXTENSIONS`, any case) but hidden ones (macOS leaves
   `._name.jpg` files that are not pictures); a file named directly is read
   whatever its name.
   """
@@ -251,17 +252,17 @@ def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
       files.append((path, f'cannot list this folder ({e.strerror})'))
       continue
     images = [os.path.join(path, name) for name in names
-              if name.lower().endswith(preprocess.IMAGE_EXTENSIONS)
+              if name.lower().endswith(pictures.IMAGE_EXTENSIONS)
               and not name.startswith('.')
               and os.path.isfile(os.path.join(path, name))]
     files.extend((image, None) for image in images)
-    skipped = preprocess.not_files(path, [
-        name for name in names if name.lower().endswith(preprocess.IMAGE_EXTENSIONS)])
+    skipped = pictures.not_files(path, [
+        name for name in names if name.lower().endswith(pictures.IMAGE_EXTENSIONS)])
     if skipped:
       logger.warning('%s: skipped %s (not files)', path, skipped)
     if not images:
       files.append((path, 'no images in this folder (looked for '
-                          f'{", ".join(preprocess.IMAGE_EXTENSIONS)})'))
+                          f'{", ".join(pictures.IMAGE_EXTENSIONS)})'))
   return files
 
 

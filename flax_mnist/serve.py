@@ -3,10 +3,10 @@
 Each workdir's latest checkpoint is restored and its forward pass compiled at
 start for every size in `BATCH_SIZES`. Requests that arrive within
 `BATCH_WINDOW` seconds of each other, or while the model is busy, share one
-call, so throughput grows with the number of clients. Pictures go through
-`preprocess`, as for `predict`. With `watch`, a newer checkpoint is restored
-beside the one in use and takes over between two calls: no request is
-dropped. Needs the `serve` extra (Starlette and uvicorn).
+call, so throughput grows with the number of clients. Pictures are read by
+`pictures` and prepared by `preprocess`, as for `predict`. With `watch`, a
+newer checkpoint is restored beside the one in use and takes over between two
+calls: no request is dropped. Needs the `serve` extra (Starlette and uvicorn).
 
 The module runs a little over 300 lines: the routes, the batcher and the
 watcher share the served models and their one device thread.
@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from flax_mnist import checkpoint, predict, preprocess
+from flax_mnist import checkpoint, pictures, predict, preprocess
 from flax_mnist.errors import DataError, FlaxMnistError
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def model_input(data: bytes, dataset: str) -> np.ndarray:
   """The (28, 28) uint8 input of `dataset` made from an encoded picture, as
   `predict` makes it."""
   with _decoding:
-    gray = preprocess.load_gray(data)
+    gray = pictures.load_gray(data)
   return preprocess.MAKERS[dataset](gray)
 
 

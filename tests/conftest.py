@@ -9,7 +9,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from flax_mnist import configs, idx, input_pipeline, train
+import digits
+from flax_mnist import configs, idx, input_pipeline, preprocess, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Fashion-MNIST's four IDX files, where Debian's dataset-fashion-mnist puts them.
@@ -32,6 +33,13 @@ def fashion_mnist_dir() -> str:
     pytest.skip(f'Fashion-MNIST not found at {FASHION_MNIST_DIR} (apt-get install '
                 'dataset-fashion-mnist, or set FLAX_MNIST_FASHION_DIR)')
   return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope='session')
+def digit_input() -> np.ndarray:
+  """The MNIST input made from `digits.on_paper()`, which the inputs made from
+  the same digit otherwise (other formats, lighting, framing) should match."""
+  return preprocess.prepare(digits.on_paper()).image
 
 
 @pytest.fixture(scope='session')
