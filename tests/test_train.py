@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import configs, core, evaluation, input_pipeline, train
+from flax_mnist import configs, core, evaluation, input_pipeline, models, train
 from flax_mnist.errors import ConfigError, FlaxMnistError
 
 
@@ -238,3 +238,19 @@ def test_eval_needs_only_the_test_split_and_names_a_saved_path(tiny_idx_dir, tmp
   with pytest.raises(FlaxMnistError, match=r"no such folder .*\(the data source "
                      r"saved in .*run's config: give --data-dir"):
     evaluation.evaluate_workdir(str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('preset', ['keras', 'experts'])
+def test_the_compiled_initialisation_is_the_op_by_op_one(preset):
+  # create_train_state compiles its initialisation as one program; checkpoints
+  # and seeds from before must still mean the same parameters.
+  config = configs.get_preset(preset)
+  state = core.create_train_state(config)
+  model = models.create_model(config.model)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+  eager = models.init_params(model, key)  # op by op, as before
+  for got, want in zip(jax.tree_util.tree_leaves(state.params),
+                       jax.tree_util.tree_leaves(eager)):
+    np.testing.assert_array_equal(got, want)
+  assert all(not np.any(m) for m in jax.tree_util.tree_leaves(state.opt_state)
+             if getattr(m, 'ndim', 0))
