@@ -56,6 +56,9 @@ def _use_compilation_cache() -> None:
       os.path.expanduser('~'), '.cache', 'flax_mnist', 'jax'))
   if folder:
     jax.config.update('jax_compilation_cache_dir', folder)
+    # JAX keeps only programs that took a second to compile; on CPU each of
+    # ours takes less, so none would be kept.
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 def _eval(args) -> int:

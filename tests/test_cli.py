@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -117,3 +118,16 @@ def test_a_folder_and_tfds_are_two_sources(tiny_idx_dir, tmp_path, capsys):
   assert cli.main(['train', '--preset', 'beginners', '--workdir', str(tmp_path),
                    '--source', 'tfds', '--data-dir', tiny_idx_dir]) == 2
   assert "and data source 'tfds' are two sources" in capsys.readouterr().err
+
+
+def test_train_keeps_every_compiled_program_for_the_next_run(tmp_path):
+  # JAX's default keeps only programs that took a second or more to compile,
+  # which no program of a small softmax-regression run does on CPU.
+  cache = tmp_path / 'cache'
+  done = subprocess.run(
+      [sys.executable, '-m', 'flax_mnist', 'train', '--preset', 'beginners',
+       '--set', 'steps=2', '-q', '--workdir', str(tmp_path / 'run')],
+      capture_output=True, text=True, cwd=REPO, timeout=300,
+      env={**os.environ, 'FLAX_MNIST_COMPILATION_CACHE': str(cache)})
+  assert done.returncode == 0, done.stderr
+  assert len([p for p in cache.iterdir() if p.name.startswith('jit_')]) >= 3
