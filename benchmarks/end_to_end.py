@@ -1,7 +1,8 @@
 """Whole processes, as a user times them: flax-mnist against PyTorch and TensorFlow.
 
     python benchmarks/end_to_end.py [--batch-sizes 32 128] [--repeats 3]
-        [--data-dir ../shared/mnist] [--out results.json] [--smoke]
+        [--data-dir ../shared/mnist] [--reference-python PATH]
+        [--out results.json] [--smoke]
 
 For each batch size, runs one keras_cnn epoch plus the test set as three
 commands, in turn, `--repeats` times:
@@ -32,8 +33,8 @@ import common
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def commands(batch_size: int, data_dir: str, workdir: str, smoke: bool
-             ) -> dict[str, list[str]]:
+def commands(batch_size: int, data_dir: str, workdir: str, smoke: bool,
+             reference_python: str = sys.executable) -> dict[str, list[str]]:
   length = ['--set', 'steps=3'] if smoke else ['--set', 'epochs=1']
   reference = ['--data-dir', data_dir, '--batch-size', str(batch_size),
                *(['--max-steps', '3'] if smoke else [])]
@@ -41,8 +42,8 @@ def commands(batch_size: int, data_dir: str, workdir: str, smoke: bool
       'flax-mnist': [sys.executable, '-m', 'flax_mnist', 'train', '--preset', 'keras',
                      *length, '--set', f'batch_size={batch_size}', '-q',
                      '--data-dir', data_dir, '--workdir', workdir],
-      'pytorch': [sys.executable, str(HERE / 'torch_keras.py'), *reference],
-      'tensorflow': [sys.executable, str(HERE / 'tf_keras.py'), *reference],
+      'pytorch': [reference_python, str(HERE / 'torch_keras.py'), *reference],
+      'tensorflow': [reference_python, str(HERE / 'tf_keras.py'), *reference],
   }
 
 
@@ -74,17 +75,25 @@ def main():
   parser.add_argument('--batch-sizes', nargs='+', type=int, default=[32, 128])
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--data-dir', default=common.DEFAULT_DATA_DIR)
+  parser.add_argument('--reference-python', default=sys.executable,
+                      help="the interpreter of the PyTorch and TensorFlow scripts")
   args = parser.parse_args()
   repeats = 1 if args.smoke else args.repeats
   batch_sizes = args.batch_sizes[:1] if args.smoke else args.batch_sizes
   rows, notes = [], []
+  if args.reference_python != sys.executable:
+    version = subprocess.run(
+        [args.reference_python, '-c', 'import platform; print(platform.python_version())'],
+        capture_output=True, text=True, check=True).stdout.strip()
+    notes.append(f'pytorch and tensorflow ran on Python {version} '
+                 f'({args.reference_python})')
   for batch_size in batch_sizes:
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
       for repeat in range(-1 if not args.smoke else 0, repeats):
         for name, command in commands(batch_size, args.data_dir,
                                       os.path.join(tmp, f'run{repeat}'),
-                                      args.smoke).items():
+                                      args.smoke, args.reference_python).items():
           if repeat < 0 and name != 'flax-mnist':
             continue
           result = run(command)
