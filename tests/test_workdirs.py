@@ -45,8 +45,9 @@ def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
 def test_check_room_counts_the_checkpoints_to_come(tmp_path, monkeypatch):
   state = core.create_train_state(configs.get_preset('experts'))
   size = workdirs.state_bytes(state)
-  # Parameters, Adam's two moments, the PRNG key and Adam's step count.
-  assert size == 3 * 3_274_634 * 4 + 2 * 4 + 4
+  # Parameters, Adam's two moments, the PRNG key, Adam's step count and the
+  # state's own step (an int32 array, as in every saved state).
+  assert size == 3 * 3_274_634 * 4 + 2 * 4 + 4 + 4
   free = 2.5 * size
   monkeypatch.setattr(workdirs.shutil, 'disk_usage',
                       lambda path: types.SimpleNamespace(free=free))
