@@ -1,11 +1,13 @@
+import json
 import re
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import REPO
-from flax_mnist import checkpoint, configs, core, resume
+from flax_mnist import checkpoint, cli, configs, core, resume
 from flax_mnist.errors import FlaxMnistError
 
 
@@ -133,3 +135,22 @@ def test_orbax_configures_no_logging_and_keeps_its_chatter_down(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stderr.splitlines() == ['INFO:flax_mnist.train:ours']
+
+
+def test_a_workdir_written_before_the_library_changes_still_restores(tmp_path, capsys):
+  # tests/data/beginners_0ad506d: `flax-mnist train --preset beginners --set
+  # steps=50` by commit 0ad506d (before the public API, the data source field,
+  # the damage check and the compiled initialisation), its config and
+  # checkpoint only, data_dir set back to the default.
+  workdir = tmp_path / 'run'
+  shutil.copytree(REPO / 'tests' / 'data' / 'beginners_0ad506d', workdir)
+  assert cli.main(['eval', '--workdir', str(workdir), '--json']) == 0
+  results = json.loads(capsys.readouterr().out)
+  # What that commit's own run printed: step 50, 0.8694, loss 0.4697.
+  assert results['step'] == 50 and results['test_accuracy'] == 0.8694
+  assert abs(results['test_loss'] - 0.4697) < 1e-4
+  assert cli.main(['train', '--preset', 'beginners', '--set', 'steps=60',
+                   '--workdir', str(workdir)]) == 0
+  out = capsys.readouterr().out
+  assert 'resuming from the checkpoint at step 50' in out
+  assert 'step 60, test accuracy' in out
