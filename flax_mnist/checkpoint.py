@@ -18,6 +18,7 @@ its manager, its temporary folder names, the tensorstore files the damage
 check reads and the absl logging it brings.
 """
 
+import errno
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ import jax
 import numpy as np
 import tensorstore as ts
 
+from flax_mnist import workdirs
 from flax_mnist.errors import FlaxMnistError, first_line
 
 logger = logging.getLogger(__name__)
@@ -188,10 +190,20 @@ class Checkpointer:
     digest = {'sha256': state_digest(state)}
     self._writing = step
     with self._failing_save():
+      self._check_room(state)
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           record=ocp.args.JsonSave(record),
           digest=ocp.args.JsonSave(digest)), force=True)
+
+  def _check_room(self, state: Any) -> None:
+    """Raises ENOSPC now if the checkpoint cannot fit.
+
+    Orbax's threads would otherwise each fail part way, some of them printing
+    their tracebacks after the error is reported.
+    """
+    if shutil.disk_usage(self.directory).free < workdirs.state_bytes(state):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   def restore_record(self, step: int | None = None,
                      schema: dict[str, type] | None = None) -> dict:

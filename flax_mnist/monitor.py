@@ -121,6 +121,19 @@ class TrainMonitor:
       self._writer.flush()
     self._bar.update(step - self._bar.n)
 
+  def flush(self) -> None:
+    """Writes out the TensorBoard events so far (with each checkpoint, so
+    that they are on disk as far as it is)."""
+    if self._writer is not None:
+      try:
+        self._writer.flush()
+      except OSError as e:
+        raise self._event_file_error(e) from None
+
+  def _event_file_error(self, error: OSError) -> FlaxMnistError:
+    return FlaxMnistError(f'{self.workdir}/{TENSORBOARD_DIR}: cannot write '
+                          f'the event file ({error.strerror})')
+
   def _scalars(self, step: int, values: dict[str, float | None]) -> None:
     if self._writer is not None:
       for tag, value in values.items():
@@ -140,8 +153,7 @@ class TrainMonitor:
       # An error on its way out (say a full disk at a checkpoint) is the one
       # to report, not the event file's flush that follows from it.
       if kind is None:
-        raise FlaxMnistError(f'{self.workdir}/{TENSORBOARD_DIR}: cannot write '
-                             f'the event file ({e.strerror})') from None
+        raise self._event_file_error(e) from None
 
 
 def _open_writer(logdir: str, step: int):

@@ -92,7 +92,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
     clock = _TrainClock(saved['train_seconds'] if saved else 0.0)
     dispatcher = _Dispatcher(config, data, state.data_key, dp, clock)
     finite = _FiniteCheck(ckpt, dispatcher.schedule)
-    saver = _Saver(ckpt, resume.record, config, num_train, clock, finite)
+    saver = _Saver(ckpt, log, resume.record, config, num_train, clock, finite)
     if step < total_steps:
       logger.info('training %s for %d steps (%d per epoch) from step %d',
                   config.model, total_steps, steps_per_epoch, step)
@@ -234,9 +234,10 @@ def _evaluate_and_log(state, test, batch_size, log: monitor.TrainMonitor, step,
 class _Saver:
   """Saves checkpoints of finite states, with their record."""
 
-  def __init__(self, ckpt: checkpoint.Checkpointer, record, config: configs.Config,
-               num_train: int, clock: '_TrainClock', finite: '_FiniteCheck'):
-    self._ckpt, self._record = ckpt, record
+  def __init__(self, ckpt: checkpoint.Checkpointer, log: monitor.TrainMonitor,
+               record, config: configs.Config, num_train: int,
+               clock: '_TrainClock', finite: '_FiniteCheck'):
+    self._ckpt, self._log, self._record = ckpt, log, record
     self._config, self._num_train = config, num_train
     self._clock, self._finite = clock, finite
     self.saved_step = ckpt.latest_step()
@@ -244,6 +245,7 @@ class _Saver:
   def save(self, state: core.TrainState, step: int) -> None:
     with self._clock.paused(state):
       self._finite.check(state)
+      self._log.flush()
       self._ckpt.save(step, state, self._record(self._config, self._num_train,
                                                 step, self._clock.seconds))
     self.saved_step = step

@@ -228,8 +228,13 @@ def test_a_disk_filling_up_during_a_save_keeps_the_earlier_checkpoints(reference
                     '--json']).replace("'WORKDIR'", '"$FS/run"'))
   result = _in_small_filesystem(script, '6m', env)
   assert 'exit 2' in result.stdout, result.stderr
-  error = [line for line in result.stderr.splitlines() if line.startswith('flax-mnist:')]
-  assert 'No space left on device' in error[0] and 'complete checkpoints kept: 8, 12' in error[0], error
+  # One line, and nothing after it: found before orbax starts writing, the
+  # full disk leaves none of its threads to fail part way and print.
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1, result.stderr
+  error, = lines
+  assert error.startswith('flax-mnist: error: ') and 'No space left on device' in error
+  assert 'complete checkpoints kept: 8, 12' in error
   evaluated = json.loads(result.stdout.strip().splitlines()[-1])
   assert evaluated['step'] == 12
 
