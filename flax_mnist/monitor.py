@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -159,7 +160,7 @@ class TrainMonitor:
 def _open_writer(logdir: str, step: int):
   """A tensorboardX writer that starts the event files over from `step`."""
   try:
-    import tensorboardX
+    tensorboardX = _import_tensorboardx()
   except ImportError:
     logger.warning('tensorboardX is not installed: no TensorBoard event files '
                    '(pip install tensorboardX)')
@@ -173,6 +174,23 @@ def _open_writer(logdir: str, step: int):
   except OSError as e:
     raise FlaxMnistError(f'{logdir}: cannot write the event files there '
                          f'({e.strerror}); it must be a folder') from None
+
+
+def _import_tensorboardx():
+  """tensorboardX, without importing PyTorch where that is installed.
+
+  tensorboardX's writer imports torch only for its type hints, which costs
+  every command a second or more of its start.
+  """
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    import tensorboardX
+    return tensorboardX
+  sys.modules['torch'] = None  # `import torch` raises ImportError meanwhile
+  try:
+    import tensorboardX
+  finally:
+    del sys.modules['torch']
+  return tensorboardX
 
 
 def check_writable(workdir: str) -> None:

@@ -2,6 +2,7 @@ import dataclasses
 import io
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -94,6 +95,22 @@ def test_training_without_tensorboardx_warns_once(tiny_mnist, tmp_path, monkeypa
   assert len(warnings) == 1 and 'pip install tensorboardX' in warnings[0].message
   assert not os.path.exists(tmp_path / monitor.TENSORBOARD_DIR)
   assert _metrics(tmp_path)[-1]['test_accuracy'] == results['test_accuracy']
+
+
+def test_the_event_files_do_not_import_pytorch(tmp_path):
+  # tensorboardX's writer imports torch where it can (for type hints only),
+  # a second of every command's start; a stand-in torch says if it is.
+  (tmp_path / 'torch.py').write_text('import sys\nsys.stderr.write("torch imported")\n')
+  code = ('import sys; from flax_mnist import monitor; '
+          f'monitor.TrainMonitor({str(tmp_path / "run")!r}).start('
+          'monitor.configs.get_preset("beginners"), 0, 10); '
+          'import torch')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert os.listdir(tmp_path / 'run' / monitor.TENSORBOARD_DIR)
+  # Imported once, by the last statement: later imports of torch still work.
+  assert result.stderr.count('torch imported') == 1, result.stderr
 
 
 def test_metrics_log_skips_a_line_cut_short_and_drops_from_a_step(tmp_path):
