@@ -51,9 +51,9 @@ def learning_rate_schedule(config: configs.Config, total_steps: int
                            ) -> optax.Schedule:
   """The learning rate of each step: constant, or warmup then cosine decay.
 
-  >>> schedule = learning_rate_schedule(configs.get_preset('fast'), 1874)
-  >>> [round(float(schedule(s)), 6) for s in (0, 187, 1874)]
-  [0.0, 0.005, 0.0]
+  >>> schedule = learning_rate_schedule(configs.get_preset('fast'), 936)
+  >>> [round(float(schedule(s)), 6) for s in (0, 93, 936)]
+  [0.0, 0.006, 0.0]
   """
   if config.lr_schedule == 'constant':
     return optax.constant_schedule(config.learning_rate)

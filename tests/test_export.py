@@ -14,7 +14,7 @@ from flax_mnist import cli, configs, export, idx, input_pipeline, predict, train
 
 # Each model trained briefly: the round trips need a model, not a good one.
 RUNS = {'softmax_regression': ('beginners', 300), 'keras_cnn': ('keras', 300),
-        'deep_cnn': ('experts', 200)}
+        'deep_cnn': ('experts', 200), 'fast_cnn': ('fast', 300)}
 
 # Loads the file and classifies the images with jax and numpy alone, at two
 # batch sizes; fails if anything else got imported.

@@ -13,7 +13,8 @@ def _params(name):
 
 @pytest.mark.parametrize('name,count', [('softmax_regression', 7_850),
                                         ('deep_cnn', 3_274_634),
-                                        ('keras_cnn', 93_322)])
+                                        ('keras_cnn', 93_322),
+                                        ('fast_cnn', 80_202)])
 def test_parameter_counts(name, count):
   assert models.count_params(_params(name)) == count
 
