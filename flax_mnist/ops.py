@@ -2,14 +2,16 @@
 
 The values are the usual float32 ones; only how the gradients are computed
 changes. XLA:CPU runs `reduce_window`'s gradient (`select_and_scatter`) far
-slower than the forward pass, and before jaxlib 0.12 also the kernel gradient
-of a convolution (a convolution contracting over the batch); measured in
-benchmarks/README.md. Here pooling is a reshape and a max, and on CPU with an
-older jaxlib the kernel gradient is one matrix product of gathered patches.
-Other backends, and jaxlib 0.12's XLA:CPU, keep XLA's own gradients.
+slower than the forward pass, and the kernel gradient of a convolution (a
+convolution contracting over the batch) slower per image the larger the
+batch; measured in benchmarks/README.md. Here pooling is a reshape and a
+max, and on CPU the kernel gradient is XLA's own summed over chunks of the
+batch (jaxlib 0.12), or one matrix product of gathered patches (older
+jaxlib). Other backends keep XLA's own gradients.
 """
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,11 @@ _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 # (deep_cnn's train step at batch 128: 71 against 84 ms on 2 Xeon cores);
 # jaxlib 0.10's far slower (its conv2 kernel gradient: 45 against 33 ms).
 _KERNEL_GRAD_BY_PATCHES_ON_CPU = jax.__version_info__ < (0, 12)
+# jaxlib 0.12's XLA:CPU kernel gradient falls out of cache as the batch grows:
+# in chunks of at most 16 images, summed, the train step at batch 128 takes
+# 59-62 against 78-82 ms (deep_cnn) and 20 against 24-26 ms (keras_cnn) on 2
+# Xeon cores; up to 32 images one piece is as fast (keras_cnn at 32).
+_KERNEL_GRAD_CHUNK = 16
 
 
 def max_pool(x_BHWC: jax.Array, window: int, padding: str) -> jax.Array:
@@ -71,6 +78,22 @@ def _kernel_grad_by_patches(x_BHWC, g_BHWO, kernel_shape, padding):
   return (patches.T @ g_BHWO.reshape(-1, c_out)).reshape(kernel_shape)
 
 
+def _xla_kernel_grad(x_BHWC, g_BHWO, kernel_shape, padding):
+  kernel = jnp.zeros(kernel_shape, x_BHWC.dtype)  # the gradient is linear in g
+  return jax.vjp(lambda k: _conv(x_BHWC, k, padding), kernel)[1](g_BHWO)[0]
+
+
+def _kernel_grad_in_chunks(x_BHWC, g_BHWO, kernel_shape, padding):
+  """XLA's kernel gradient over batch chunks of about `_KERNEL_GRAD_CHUNK`, summed."""
+  batch = x_BHWC.shape[0]
+  if batch <= 2 * _KERNEL_GRAD_CHUNK:
+    return _xla_kernel_grad(x_BHWC, g_BHWO, kernel_shape, padding)
+  bounds = np.linspace(0, batch, -(-batch // _KERNEL_GRAD_CHUNK) + 1).round().astype(int)
+  return functools.reduce(operator.add, (
+      _xla_kernel_grad(x_BHWC[a:b], g_BHWO[a:b], kernel_shape, padding)
+      for a, b in zip(bounds[:-1], bounds[1:])))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, padding: str) -> jax.Array:
   """Stride-1 2-D convolution (cross-correlation), NHWC input, HWIO kernel."""
@@ -84,12 +107,12 @@ def _conv2d_fwd(x_BHWC, kernel_HWIO, padding):
 def _conv2d_bwd(padding, residuals, g_BHWO):
   x_BHWC, kernel_HWIO = residuals
   _, xla_vjp = jax.vjp(lambda x, k: _conv(x, k, padding), x_BHWC, kernel_HWIO)
-  if not _KERNEL_GRAD_BY_PATCHES_ON_CPU:
-    return xla_vjp(g_BHWO)
+  kernel_grad = (_kernel_grad_by_patches if _KERNEL_GRAD_BY_PATCHES_ON_CPU
+                 else _kernel_grad_in_chunks)
 
   def cpu(g):
     dx = xla_vjp(g)[0]
-    return dx, _kernel_grad_by_patches(x_BHWC, g, kernel_HWIO.shape, padding)
+    return dx, kernel_grad(x_BHWC, g, kernel_HWIO.shape, padding)
 
   return jax.lax.platform_dependent(g_BHWO, cpu=cpu, default=xla_vjp)
 
