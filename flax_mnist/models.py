@@ -86,13 +86,19 @@ _TutorialDense = functools.partial(
     bias_init=nn.initializers.constant(0.1))
 
 
-class DeepCNN(nn.Module):
-  """'Deep MNIST for experts': two 5x5 SAME conv/pool blocks, fc 1024, dropout."""
+class _CNN(nn.Module):
+  """What the CNNs share: the compute `dtype`, and the convolution and pooling
+  (the library's, or Flax's stock ones in `FLAX_STOCK_MODELS`)."""
 
-  dropout_rate: float = 0.5
   dtype: jnp.dtype = jnp.float32
   conv: Callable[..., nn.Module] = Conv
   pool: Callable[[jax.Array, int, str], jax.Array] = ops.max_pool
+
+
+class DeepCNN(_CNN):
+  """'Deep MNIST for experts': two 5x5 SAME conv/pool blocks, fc 1024, dropout."""
+
+  dropout_rate: float = 0.5
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
@@ -116,12 +122,8 @@ _KerasDense = functools.partial(
     nn.Dense, kernel_init=nn.initializers.glorot_uniform())
 
 
-class KerasCNN(nn.Module):
+class KerasCNN(_CNN):
   """The TF2 Keras tutorial's Sequential CNN (93,322 parameters)."""
-
-  dtype: jnp.dtype = jnp.float32
-  conv: Callable[..., nn.Module] = Conv
-  pool: Callable[[jax.Array, int, str], jax.Array] = ops.max_pool
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
@@ -139,7 +141,7 @@ class KerasCNN(nn.Module):
     return dense(NUM_CLASSES, name='dense_1')(x).astype(jnp.float32)
 
 
-class FastCNN(nn.Module):
+class FastCNN(_CNN):
   """The `fast` preset's small CNN (80,202 parameters), not a tutorial's.
 
   Two VALID 5x5 convolutions of 16 and 32 channels, each max-pooled before
@@ -149,10 +151,6 @@ class FastCNN(nn.Module):
   (batch 128), and the hidden layer buys about 0.1% of test accuracy for 5%
   more time (benchmarks/README.md).
   """
-
-  dtype: jnp.dtype = jnp.float32
-  conv: Callable[..., nn.Module] = Conv
-  pool: Callable[[jax.Array, int, str], jax.Array] = ops.max_pool
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
