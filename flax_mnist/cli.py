@@ -4,6 +4,7 @@ and calls."""
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -123,6 +124,11 @@ def _serve(args) -> int:
   except ImportError as e:
     raise FlaxMnistError(f'serve needs the serve extra ({e.name} is missing): '
                          "pip install 'flax-mnist[serve]'") from None
+  # uvicorn stops on SIGINT even where it is ignored (as in a process started
+  # in the background), then raises it again under the handling it found:
+  # ignored, the command would exit 0 instead of Ctrl-C's 130.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   serve.serve(args.workdirs, args.host, args.port, watch_workdirs=args.watch,
               max_batch=args.max_batch)
   return 0
