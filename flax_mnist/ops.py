@@ -2,10 +2,13 @@
 
 The values are the usual float32 ones; only how the gradients are computed
 changes. XLA:CPU runs `reduce_window`'s gradient (`select_and_scatter`) far
-slower than the forward pass, and the kernel gradient of a convolution (a
-convolution contracting over the batch) slower per image the larger the
-batch; measured in benchmarks/README.md. Here pooling is a reshape and a
-max, and on CPU the kernel gradient is XLA's own summed over chunks of the
+slower than the forward pass, its reductions' kernels (jaxlib 0.12 runs
+them in YNNPACK) keep XLA from fusing them with the ReLU and bias around
+them, and the kernel gradient of a convolution (a convolution contracting
+over the batch) runs slower per image the larger the batch; measured in
+benchmarks/README.md. Here pooling is the elementwise max of the window's
+strided slices, with the max reduction's own gradient written elementwise,
+and on CPU the kernel gradient is XLA's own summed over chunks of the
 batch (jaxlib 0.12), or one matrix product of gathered patches (older
 jaxlib). Other backends keep XLA's own gradients.
 """
@@ -29,6 +32,38 @@ _KERNEL_GRAD_BY_PATCHES_ON_CPU = jax.__version_info__ < (0, 12)
 _KERNEL_GRAD_CHUNK = 16
 
 
+def _window_slices(x_BHWC: jax.Array, window: int) -> list[jax.Array]:
+  """Element (i, j) of every `window` x `window` block, one array per (i, j)."""
+  return [x_BHWC[:, i::window, j::window]
+          for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _block_max(x_BHWC: jax.Array, window: int) -> jax.Array:
+  return functools.reduce(jnp.maximum, _window_slices(x_BHWC, window))
+
+
+def _block_max_fwd(x_BHWC, window):
+  y_BHWC = _block_max(x_BHWC, window)
+  return y_BHWC, (x_BHWC, y_BHWC)
+
+
+def _block_max_bwd(window, residuals, g_BHWC):
+  # A max reduction's own gradient (ties share it equally), bit for bit, as
+  # elementwise ops that XLA fuses with the layers around them.
+  x_BHWC, y_BHWC = residuals
+  ties = functools.reduce(operator.add, [
+      (part == y_BHWC).astype(g_BHWC.dtype) for part in _window_slices(x_BHWC, window)])
+  batch, height, width, channels = y_BHWC.shape
+  blocks = x_BHWC.reshape(batch, height, window, width, window, channels)
+  at_max = blocks == y_BHWC[:, :, None, :, None, :]
+  dx = jnp.where(at_max, (g_BHWC / ties)[:, :, None, :, None, :], 0)
+  return (dx.reshape(x_BHWC.shape),)
+
+
+_block_max.defvjp(_block_max_fwd, _block_max_bwd)
+
+
 def max_pool(x_BHWC: jax.Array, window: int, padding: str) -> jax.Array:
   """Max over non-overlapping `window` x `window` blocks (stride = window).
 
@@ -42,11 +77,9 @@ def max_pool(x_BHWC: jax.Array, window: int, padding: str) -> jax.Array:
                      constant_values=-jnp.inf)
   elif padding != 'VALID':
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-  batch, height, width, channels = x_BHWC.shape
-  height, width = height // window, width // window
-  x_BHWC = x_BHWC[:, :height * window, :width * window]
-  blocks = x_BHWC.reshape(batch, height, window, width, window, channels)
-  return blocks.max(axis=(2, 4))
+  _, height, width, _ = x_BHWC.shape
+  return _block_max(
+      x_BHWC[:, :height // window * window, :width // window * window], window)
 
 
 def _padding(kernel_shape: tuple[int, ...], padding: str) -> list[tuple[int, int]]:

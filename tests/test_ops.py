@@ -20,6 +20,29 @@ def test_max_pool_matches_flax_values_and_gradients(padding, size):
   np.testing.assert_array_equal(grad, reference)
 
 
+@pytest.mark.parametrize('padding', ['VALID', 'SAME'])
+def test_max_pool_ties_share_the_gradient_as_a_max_reduction_does(padding):
+  # Small integers after a ReLU: many blocks hold two, three or four maxima.
+  x = jnp.maximum(jax.random.randint(jax.random.PRNGKey(0), (2, 9, 9, 3), -2, 3), 0)
+  x = x.astype(jnp.float32)
+  g = jax.random.normal(jax.random.PRNGKey(1), (2, 5 if padding == 'SAME' else 4,
+                                                5 if padding == 'SAME' else 4, 3))
+
+  def reduction(x):
+    if padding == 'SAME':
+      x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=-jnp.inf)
+    x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
+    return x.reshape(2, x.shape[1] // 2, 2, x.shape[2] // 2, 2, 3).max(axis=(2, 4))
+
+  y, vjp = jax.vjp(lambda x: ops.max_pool(x, 2, padding), x)
+  y_ref, vjp_ref = jax.vjp(reduction, x)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])
+  blocks = np.asarray(x)[:, :8, :8].reshape(2, 4, 2, 4, 2, 3)
+  maxima = (blocks == blocks.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4))
+  assert {2, 3, 4} <= set(maxima.ravel())
+
+
 def test_max_pool_rejects_unknown_padding():
   with pytest.raises(ValueError, match='padding'):
     ops.max_pool(jnp.zeros((1, 4, 4, 1)), 2, 'FULL')
