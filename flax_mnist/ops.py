@@ -10,7 +10,9 @@ benchmarks/README.md. Here pooling is the elementwise max of the window's
 strided slices, with the max reduction's own gradient written elementwise,
 and on CPU the kernel gradient is XLA's own summed over chunks of the
 batch (jaxlib 0.12), or one matrix product of gathered patches (older
-jaxlib). Other backends keep XLA's own gradients.
+jaxlib), and a VALID convolution's input gradient one matrix product whose
+kernel taps are summed back in place. Other backends keep XLA's own
+gradients.
 """
 
 import functools
@@ -111,6 +113,17 @@ def _kernel_grad_by_patches(x_BHWC, g_BHWO, kernel_shape, padding):
   return (patches.T @ g_BHWO.reshape(-1, c_out)).reshape(kernel_shape)
 
 
+def _input_grad_by_matmul(g_BHWO: jax.Array, kernel_HWIO: jax.Array) -> jax.Array:
+  """d loss / d x of a VALID convolution: g @ kernel^T, each tap added back at its offset."""
+  kh, kw, c_in, c_out = kernel_HWIO.shape
+  batch, out_h, out_w, _ = g_BHWO.shape
+  taps = g_BHWO.reshape(-1, c_out) @ kernel_HWIO.reshape(-1, c_out).T
+  taps = taps.reshape(batch, out_h, out_w, kh, kw, c_in)
+  return functools.reduce(operator.add, [
+      jnp.pad(taps[:, :, :, i, j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+      for i in range(kh) for j in range(kw)])
+
+
 def _xla_kernel_grad(x_BHWC, g_BHWO, kernel_shape, padding):
   kernel = jnp.zeros(kernel_shape, x_BHWC.dtype)  # the gradient is linear in g
   return jax.vjp(lambda k: _conv(x_BHWC, k, padding), kernel)[1](g_BHWO)[0]
@@ -144,7 +157,10 @@ def _conv2d_bwd(padding, residuals, g_BHWO):
                  else _kernel_grad_in_chunks)
 
   def cpu(g):
-    dx = xla_vjp(g)[0]
+    # A VALID convolution's input gradient pads g by the kernel's size less
+    # one, which XLA:CPU leaves to Eigen's slower kernel (not YNNPACK's).
+    dx = (_input_grad_by_matmul(g, kernel_HWIO) if padding == 'VALID'
+          else xla_vjp(g)[0])
     return dx, kernel_grad(x_BHWC, g, kernel_HWIO.shape, padding)
 
   return jax.lax.platform_dependent(g_BHWO, cpu=cpu, default=xla_vjp)

@@ -50,8 +50,9 @@ def test_max_pool_rejects_unknown_padding():
 
 # Batches of 4 and 50: on jaxlib 0.12 the one over 32 images sums the kernel
 # gradient over chunks (12, 13, 13 and 12 images).
-@pytest.mark.parametrize('kernel, padding, batch', [(3, 'VALID', 4), (5, 'SAME', 4),
-                                                    (4, 'SAME', 4), (5, 'SAME', 50)])
+@pytest.mark.parametrize('kernel, padding, batch', [
+    (3, 'VALID', 4), (4, 'VALID', 4), (5, 'VALID', 50), (5, 'SAME', 4), (4, 'SAME', 4),
+    (5, 'SAME', 50)])
 def test_conv2d_matches_xla_values_and_gradients(kernel, padding, batch):
   kx, kk, kg = jax.random.split(jax.random.PRNGKey(kernel), 3)
   x = jax.random.normal(kx, (batch, 13, 13, 3))
