@@ -12,7 +12,7 @@ and on CPU the kernel gradient is XLA's own summed over chunks of the
 batch (jaxlib 0.12), or one matrix product of gathered patches (older
 jaxlib), and a VALID convolution's input gradient one matrix product whose
 kernel taps are summed back in place. Other backends keep XLA's own
-gradients.
+convolution gradients; the pooling is the same on every backend.
 """
 
 import functools
