@@ -19,6 +19,7 @@ SCRIPTS = {
     'serve_load.py': ['--data-dir'],
     'end_to_end.py': ['--data-dir'],
     'step_profile.py': ['--models', 'softmax_regression', 'keras_cnn'],
+    'step_trace.py': ['--models', 'softmax_regression', 'keras_cnn'],
 }
 
 
