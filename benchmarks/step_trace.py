@@ -21,12 +21,10 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import common
 import throughput
-from flax_mnist import configs, core, input_pipeline
+from flax_mnist import configs, core
 
 NUM_EXAMPLES = 60_000
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (.*)$', re.MULTILINE)
@@ -48,27 +46,19 @@ def _instructions(hlo_text: str) -> dict[str, str]:
 
 def trace_step(model: str, batch_size: int, steps: int) -> tuple[float, dict]:
   """(untraced ms a step, {instruction: (ms a step, description)})."""
-  config = configs.Config(model=model, optimizer='adam', learning_rate=1e-4,
-                          batch_size=batch_size)
-  rng = np.random.default_rng(0)
-  split = input_pipeline.to_device(
-      rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), np.uint8),
-      rng.integers(0, 10, NUM_EXAMPLES).astype(np.int32))
-  state = core.create_train_state(config, NUM_EXAMPLES)
-  orders = jnp.stack([jnp.arange(NUM_EXAMPLES)] * 2)
-  dispatch = core.steps_per_dispatch(config)
-  kwargs = dict(num_steps=dispatch, batch_size=batch_size,
-                steps_per_epoch=NUM_EXAMPLES // batch_size)
-  described = _instructions(
-      core.train_steps.lower(state, split, orders, 0, **kwargs).compile().as_text())
+  config = configs.Config(model=model, batch_size=batch_size)
+  training = throughput.random_training(model, batch_size, 'float32',
+                                        core.steps_per_dispatch(config), NUM_EXAMPLES)
+  dispatch = training.dispatch
+  described = _instructions(training.lowered.compile().as_text())
 
   def run(state, calls):
     for i in range(calls):
-      state, _ = core.train_steps(state, split, orders, i * dispatch, **kwargs)
+      state, _ = training.run(state, i * dispatch)
     return jax.block_until_ready(state)
 
   calls = max(1, steps // dispatch)
-  state = run(state, 3)
+  state = run(training.state, 3)
   start = time.perf_counter()
   state = run(state, calls)
   step_ms = 1e3 * (time.perf_counter() - start) / (calls * dispatch)

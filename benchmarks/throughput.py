@@ -11,6 +11,7 @@ Images are random: speed does not depend on pixel values.
 """
 
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +23,16 @@ from flax_mnist import configs, core, input_pipeline, summary
 TUTORIAL_BATCH = {'softmax_regression': 100, 'deep_cnn': 50, 'keras_cnn': 32}
 
 
-def measure(model: str, batch_size: int, dtype: str, dispatch: int,
-            min_seconds: float, num_examples: int) -> dict:
+class RandomTraining(NamedTuple):
+  """A fresh state and `core.train_steps` bound to random images on the device."""
+  state: core.TrainState
+  run: Callable  # run(state, index): `dispatch` steps from batch `index` of an epoch
+  lowered: jax.stages.Lowered
+  dispatch: int
+
+
+def random_training(model: str, batch_size: int, dtype: str, dispatch: int,
+                    num_examples: int) -> RandomTraining:
   config = configs.Config(model=model, optimizer='adam', learning_rate=1e-4,
                           batch_size=batch_size, dtype=dtype)
   rng = np.random.default_rng(0)
@@ -33,19 +42,30 @@ def measure(model: str, batch_size: int, dtype: str, dispatch: int,
   steps_per_epoch = num_examples // batch_size
   dispatch = min(dispatch, steps_per_epoch)
   state = core.create_train_state(config, num_examples)
-  flops = 6 * summary.multiply_adds(model) * batch_size
   orders = jnp.stack([jnp.arange(num_examples)] * 2)
   kwargs = dict(num_steps=dispatch, batch_size=batch_size,
                 steps_per_epoch=steps_per_epoch)
+
+  def run(state, index):
+    return core.train_steps(state, split, orders, index % steps_per_epoch, **kwargs)
+
+  return RandomTraining(state, run, core.train_steps.lower(state, split, orders, 0, **kwargs),
+                        dispatch)
+
+
+def measure(model: str, batch_size: int, dtype: str, dispatch: int,
+            min_seconds: float, num_examples: int) -> dict:
+  training = random_training(model, batch_size, dtype, dispatch, num_examples)
+  state, dispatch = training.state, training.dispatch
+  flops = 6 * summary.multiply_adds(model) * batch_size
   start = time.perf_counter()
-  core.train_steps.lower(state, split, orders, 0, **kwargs).compile()
+  training.lowered.compile()
   compile_seconds = time.perf_counter() - start
-  state, _ = core.train_steps(state, split, orders, 0, **kwargs)
+  state, _ = training.run(state, 0)
   jax.block_until_ready(state)
   steps, start = 0, time.perf_counter()
   while time.perf_counter() - start < min_seconds or steps < 3 * dispatch:
-    state, _ = core.train_steps(state, split, orders, steps % steps_per_epoch,
-                                **kwargs)
+    state, _ = training.run(state, steps)
     steps += dispatch
     if steps % (10 * dispatch) == 0:
       jax.block_until_ready(state)

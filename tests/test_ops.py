@@ -25,8 +25,8 @@ def test_max_pool_ties_share_the_gradient_as_a_max_reduction_does(padding):
   # Small integers after a ReLU: many blocks hold two, three or four maxima.
   x = jnp.maximum(jax.random.randint(jax.random.PRNGKey(0), (2, 9, 9, 3), -2, 3), 0)
   x = x.astype(jnp.float32)
-  g = jax.random.normal(jax.random.PRNGKey(1), (2, 5 if padding == 'SAME' else 4,
-                                                5 if padding == 'SAME' else 4, 3))
+  pooled = 5 if padding == 'SAME' else 4
+  g = jax.random.normal(jax.random.PRNGKey(1), (2, pooled, pooled, 3))
 
   def reduction(x):
     if padding == 'SAME':
