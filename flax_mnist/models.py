@@ -75,7 +75,8 @@ class SoftmaxRegression(nn.Module):
     del train  # No dropout: the same function in training and evaluation.
     x = Flatten(name='flatten')(inputs.model_input(images_BHWC))
     return nn.Dense(NUM_CLASSES, kernel_init=nn.initializers.zeros,
-                    dtype=self.dtype, name='dense')(x).astype(jnp.float32)
+                    dtype=self.dtype, dot_general=ops.dense_dot_general,
+                    name='dense')(x).astype(jnp.float32)
 
 
 # The experts tutorial's weight_variable and bias_variable.

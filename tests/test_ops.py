@@ -69,3 +69,32 @@ def test_conv2d_matches_xla_values_and_gradients(kernel, padding, batch):
   rdx, rdk = jax.vjp(reference, x, k)[1](g)
   np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(dk, rdk, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('batch', [1, 100, 128])
+def test_matmul_matches_xla_values_and_gradients(batch):
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(batch), 3)
+  x = jax.random.uniform(kx, (batch, 784))
+  k = jax.random.normal(kk, (784, 10))
+  y, vjp = jax.vjp(jax.jit(ops.matmul), x, k)
+  np.testing.assert_array_equal(y, x @ k)
+  g = jax.random.normal(kg, y.shape)
+  dx, dk = vjp(g)
+  rdx, rdk = jax.vjp(lambda x, k: x @ k, x, k)[1](g)
+  np.testing.assert_allclose(dx, rdx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk, rdk, rtol=1e-5, atol=1e-4)
+
+
+def test_dense_dot_general_keeps_dense_parameters_and_values():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (5, 784))
+  stock, ours = nn.Dense(10), nn.Dense(10, dot_general=ops.dense_dot_general)
+  params = stock.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == \
+      jax.tree.map(jnp.shape, params)
+  np.testing.assert_array_equal(ours.apply(params, x), stock.apply(params, x))
+
+
+def test_dense_dot_general_rejects_other_products():
+  with pytest.raises(ValueError, match=r"\(B, I\) @ \(I, O\)"):
+    nn.Dense(10, dot_general=ops.dense_dot_general).init(
+        jax.random.PRNGKey(0), jnp.ones((2, 3, 784)))
