@@ -32,25 +32,23 @@ from flax_mnist import configs, core, models
 NUM_EXAMPLES = 60_000
 
 
-def optimizer_config(model: str) -> dict:
-  if model == 'softmax_regression':
-    return dict(optimizer='sgd', learning_rate=0.5)
-  return dict(optimizer='adam', learning_rate=1e-4)
-
-
 def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int
                        ) -> float:
   """images/s of Flax's Linen MNIST example loop (apply_model + update_model)."""
   module = models.FLAX_STOCK_MODELS[model]()
-  opt = optimizer_config(model)
+  opt = throughput.optimizer_config(model)
   tx = {'sgd': optax.sgd, 'adam': optax.adam}[opt['optimizer']](opt['learning_rate'])
   params = module.init(jax.random.PRNGKey(0), jnp.ones([1, 28, 28, 1]))['params']
   state = core.TrainState.create(apply_fn=module.apply, params=params, tx=tx,
                                   rng=jax.random.PRNGKey(0))
 
   @jax.jit
-  def apply_model(state, images, labels, key):
+  def apply_model(state, images, labels, step):
     def loss_fn(params):
+      # The key is made inside the jitted step: one made on the host each
+      # step would add a dispatch the example (whose models have no
+      # dropout) does not have.
+      key = jax.random.fold_in(jax.random.PRNGKey(0), step)
       logits = state.apply_fn({'params': params}, images, train=True,
                               rngs={'dropout': key})
       one_hot = jax.nn.one_hot(labels, 10)
@@ -70,8 +68,7 @@ def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int
   def run(state, first, count):
     for i in range(first, first + count):
       perm = perms[i % len(perms)]
-      grads, _, _ = apply_model(state, images[perm], labels[perm],
-                                jax.random.PRNGKey(i))
+      grads, _, _ = apply_model(state, images[perm], labels[perm], i)
       state = update_model(state, grads)
     return state
 
@@ -100,7 +97,7 @@ def pytorch_loop(model: str, batch_size: int, images, labels, steps: int) -> flo
           nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
           nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, 10)),
   }[model]()
-  opt = optimizer_config(model)
+  opt = throughput.optimizer_config(model)
   optimizer = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam}[opt['optimizer']](
       network.parameters(), lr=opt['learning_rate'])
   x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)

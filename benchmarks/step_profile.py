@@ -190,7 +190,7 @@ def host_ms(config, seconds) -> float:
 def profile(model_name: str, batch_size: int, seconds: float, torch_too: bool
             ) -> list[dict]:
   config = configs.Config(model=model_name, batch_size=batch_size,
-                          **compare.optimizer_config(model_name))
+                          **throughput.optimizer_config(model_name))
   rows = []
   for name, module, shape in layers(model_name, batch_size):
     if isinstance(module, models.Flatten):
