@@ -10,7 +10,7 @@ regression) and reports images/s of:
   dispatch;
 - flax-examples: the loop of Flax's Linen examples/mnist (host numpy batches
   of a float32 array, one jitted gradient step and one jitted update per
-  batch), with stock `nn.Conv` and `nn.max_pool`;
+  batch), with stock `nn.Conv`, `nn.max_pool` and `nn.Dense`'s own product;
 - pytorch: the same network in PyTorch (tensors in memory, one permutation
   per epoch), using every core.
 The ratios compare flax-mnist with each. Softmax regression times a whole

@@ -66,16 +66,20 @@ class Flatten(nn.Module):
 
 
 class SoftmaxRegression(nn.Module):
-  """'MNIST for ML beginners': y = softmax(xW + b), W and b start at zero."""
+  """'MNIST for ML beginners': y = softmax(xW + b), W and b start at zero.
+
+  `dot_general` is the product `nn.Dense` computes xW with (None: its own).
+  """
 
   dtype: jnp.dtype = jnp.float32
+  dot_general: Callable | None = ops.dense_dot_general
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool = False) -> jax.Array:
     del train  # No dropout: the same function in training and evaluation.
     x = Flatten(name='flatten')(inputs.model_input(images_BHWC))
     return nn.Dense(NUM_CLASSES, kernel_init=nn.initializers.zeros,
-                    dtype=self.dtype, dot_general=ops.dense_dot_general,
+                    dtype=self.dtype, dot_general=self.dot_general,
                     name='dense')(x).astype(jnp.float32)
 
 
@@ -181,10 +185,11 @@ def flax_max_pool(x_BHWC: jax.Array, window: int, padding: str) -> jax.Array:
   return nn.max_pool(x_BHWC, size, strides=size, padding=padding)
 
 
-# The same networks built from Flax's stock `nn.Conv` and `nn.max_pool`: the
-# reference that benchmarks/compare.py measures the library against.
+# The same networks built from Flax's stock `nn.Conv`, `nn.max_pool` and
+# `nn.Dense` product: the reference that benchmarks/compare.py measures the
+# library against.
 FLAX_STOCK_MODELS: dict[str, Callable[..., nn.Module]] = {
-    'softmax_regression': SoftmaxRegression,
+    'softmax_regression': functools.partial(SoftmaxRegression, dot_general=None),
     'deep_cnn': functools.partial(DeepCNN, conv=nn.Conv, pool=flax_max_pool),
     'keras_cnn': functools.partial(KerasCNN, conv=nn.Conv, pool=flax_max_pool),
     'fast_cnn': functools.partial(FastCNN, conv=nn.Conv, pool=flax_max_pool),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from flax_mnist import models
+from flax_mnist import ops
 from flax_mnist.errors import ConfigError
 
 
@@ -68,3 +69,11 @@ def test_dropout_only_while_training():
 def test_unknown_model_lists_choices():
   with pytest.raises(ConfigError, match='softmax_regression, deep_cnn, keras_cnn'):
     models.create_model('resnet')
+
+
+def test_stock_softmax_regression_keeps_dense_own_product():
+  x = jnp.ones((2, 784))
+  ours, stock = models.SoftmaxRegression(), models.FLAX_STOCK_MODELS['softmax_regression']()
+  params = ours.init(jax.random.PRNGKey(0), x)
+  assert stock.dot_general is None and ours.dot_general is ops.dense_dot_general
+  np.testing.assert_array_equal(stock.apply(params, x), ours.apply(params, x))
