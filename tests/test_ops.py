@@ -94,10 +94,8 @@ def test_dense_dot_general_keeps_dense_parameters_and_values():
   np.testing.assert_array_equal(ours.apply(params, x), stock.apply(params, x))
 
 
-@pytest.mark.parametrize('layer', [
-    nn.Dense(10, dot_general=ops.dense_dot_general),
-    nn.Dense(10, dot_general=ops.dense_dot_general, precision='highest')])
-def test_dense_dot_general_rejects_other_products(layer):
-  x = jnp.ones((2, 3, 784)) if layer.precision is None else jnp.ones((2, 784))
+@pytest.mark.parametrize('precision, shape', [(None, (2, 3, 784)), ('highest', (2, 784))])
+def test_dense_dot_general_rejects_other_products(precision, shape):
+  layer = nn.Dense(10, dot_general=ops.dense_dot_general, precision=precision)
   with pytest.raises(ValueError, match=r"\(B, I\) @ \(I, O\)"):
-    layer.init(jax.random.PRNGKey(0), x)
+    layer.init(jax.random.PRNGKey(0), jnp.ones(shape))
