@@ -13,7 +13,7 @@ piece, in milliseconds (median of repeated runs, each jitted on its own):
 - host: dispatching a jitted identity on the train state (the per-step cost of
   handing the pytree to XLA);
 - step: the library's whole training step (`core.train_steps`, one step);
-- rest: step minus every piece above: ReLUs, the loss, the batch gather and
+- rest: step minus every piece above: ReLUs, the loss, the batch slice and
   what XLA fuses or fails to fuse across layers (0 when the pieces, timed
   apart, add up to more than the step).
 Each piece's time is less that of a jitted call doing nothing (dispatch).

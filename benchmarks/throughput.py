@@ -16,7 +16,6 @@ import time
 from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import common
@@ -35,32 +34,32 @@ def optimizer_config(model: str) -> dict:
 class RandomTraining(NamedTuple):
   """A fresh state and `core.train_steps` bound to random images on the device."""
   state: core.TrainState
-  run: Callable  # run(state, index): `dispatch` steps from batch `index` of an epoch
+  run: Callable  # run(state, step): `dispatch` steps from step `step`
   lowered: jax.stages.Lowered
   dispatch: int
 
 
 def random_training(model: str, batch_size: int, dtype: str, dispatch: int,
                     num_examples: int) -> RandomTraining:
+  """Epochs are cut to whole dispatches, so each epoch's shuffled copy counts
+  in the time at least as often as in training."""
   config = configs.Config(model=model, batch_size=batch_size, dtype=dtype,
                           **optimizer_config(model))
   rng = np.random.default_rng(0)
-  split = input_pipeline.to_device(
+  epochs = input_pipeline.ShuffledEpochs(
       rng.integers(0, 256, (num_examples, 28, 28, 1), np.uint8),
-      rng.integers(0, 10, num_examples).astype(np.int32))
-  steps_per_epoch = num_examples // batch_size
-  dispatch = min(dispatch, steps_per_epoch)
+      rng.integers(0, 10, num_examples).astype(np.int32), jax.random.PRNGKey(0))
+  dispatch = min(dispatch, num_examples // batch_size)
+  dispatches_per_epoch = num_examples // batch_size // dispatch
   state = core.create_train_state(config, num_examples)
-  orders = jnp.stack([input_pipeline.epoch_permutation(jax.random.PRNGKey(0), epoch,
-                                                        num_examples)
-                      for epoch in (0, 1)])
-  kwargs = dict(num_steps=dispatch, batch_size=batch_size,
-                steps_per_epoch=steps_per_epoch)
+  kwargs = dict(num_steps=dispatch, batch_size=batch_size)
 
-  def run(state, index):
-    return core.train_steps(state, split, orders, index % steps_per_epoch, **kwargs)
+  def run(state, step):
+    epoch, index = divmod(step // dispatch, dispatches_per_epoch)
+    return core.train_steps(state, epochs.get(epoch), index * dispatch, **kwargs)
 
-  return RandomTraining(state, run, core.train_steps.lower(state, split, orders, 0, **kwargs),
+  return RandomTraining(state, run,
+                        core.train_steps.lower(state, epochs.get(0), 0, **kwargs),
                         dispatch)
 
 

@@ -163,29 +163,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
 
 
 @functools.partial(jax.jit, donate_argnums=0,
-                   static_argnames=('num_steps', 'batch_size', 'steps_per_epoch',
-                                    'batch_sharding'))
-def train_steps(state: TrainState, train: input_pipeline.Split,
-                orders_2N: jax.Array, index: int | jax.Array, *,
-                num_steps: int, batch_size: int, steps_per_epoch: int,
+                   static_argnames=('num_steps', 'batch_size', 'batch_sharding'))
+def train_steps(state: TrainState, epoch: input_pipeline.Split,
+                index: int | jax.Array, *, num_steps: int, batch_size: int,
                 batch_sharding: jax.sharding.Sharding | None = None
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """The loop's fast path: `num_steps` train steps in one dispatch, from
-  batch `index` of an epoch, `state` donated.
+  batch `index` of `epoch`, `state` donated.
 
-  `orders_2N` holds this epoch's order and the next one's, so the steps may
-  cross one epoch boundary (`num_steps <= steps_per_epoch`). Each step is
-  `train_step`'s, on `input_pipeline.train_batch`'s batch. Returns the
+  `epoch` is the training split in that epoch's order
+  (`input_pipeline.ShuffledEpochs`), and the steps stay inside it. Each step
+  is `train_step`'s, on `input_pipeline.train_batch`'s batch. Returns the
   metrics of every step, stacked. With `batch_sharding` each batch is split
   over its devices and the metrics are the global batch's.
   """
 
   def one_step(state, position):
-    # One slice of the flattened orders: indexing a row first would copy it.
-    start = ((position // steps_per_epoch) * orders_2N.shape[1] +
-             (position % steps_per_epoch) * batch_size)
-    ids = jax.lax.dynamic_slice_in_dim(orders_2N.reshape(-1), start, batch_size)
-    batch = input_pipeline.gather(train, ids, batch_sharding)
+    batch = input_pipeline.batch_slice(epoch, position, batch_size, batch_sharding)
     return _train_step(state, batch, state.dropout_key)
 
   if num_steps == 1:

@@ -100,7 +100,7 @@ def train_and_evaluate(config: configs.Config, workdir: str,
       logger.info('each batch split over %d %s devices (%d processes)', dp.size,
                   jax.default_backend(), jax.process_count())
 
-    with preemption.StopRequest() as stop:
+    with preemption.StopRequest() as stop, dispatcher:
       for dispatch in itertools.count():
         if step >= total_steps or stop.requested(dispatch):
           break
@@ -149,44 +149,42 @@ def _make_folder(workdir: str) -> None:
 
 
 class _Dispatcher:
-  """Runs `core.train_steps` from any step: the epochs' orders it needs, and
-  each new dispatch length's compilation timed apart from training."""
+  """Runs `core.train_steps` from any step: the epochs' shuffled copies it
+  needs, and each new dispatch length's compilation timed apart from training.
+  A context manager, for the thread that makes the next epoch's copy."""
 
   def __init__(self, config: configs.Config, data: input_pipeline.Mnist,
                data_key: jax.Array, dp: parallel.DataParallel,
                clock: '_TrainClock'):
     self._config = config
-    self._train = input_pipeline.to_device(data.train_images, data.train_labels,
-                                           sharding=dp.replicated)
-    self._num_train = len(data.train_labels)
-    self._steps_per_epoch = config.steps_per_epoch(self._num_train)
-    self._data_key = data_key
+    self._epochs = input_pipeline.ShuffledEpochs(
+        data.train_images, data.train_labels, data_key, dp.replicated)
+    self._steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
+    self._last_epoch = (config.total_steps(len(data.train_labels)) - 1) // self._steps_per_epoch
     self._batch_sharding = dp.batch
     self._clock = clock
     self._in_flight = parallel.InFlight()
-    self._orders = (None, None)  # (epoch, its order and the next one's)
     self._compiled = set()
     self.compile_seconds = 0.0
     # Compiled now: run eagerly at the first log line, its many small ops
     # would each compile there, inside the training time.
     self.schedule = jax.jit(core.learning_rate_schedule(
-        config, config.total_steps(self._num_train)))
+        config, config.total_steps(len(data.train_labels))))
     self.schedule(0)
 
-  def _orders_from(self, epoch: int) -> jax.Array:
-    if self._orders[0] != epoch:
-      self._orders = (epoch, jnp.stack([
-          input_pipeline.epoch_permutation(self._data_key, e, self._num_train)
-          for e in (epoch, epoch + 1)]))
-    return self._orders[1]
+  def __enter__(self) -> '_Dispatcher':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self._epochs.__exit__(*exc_info)
 
   def run(self, state: core.TrainState, step: int, num_steps: int
           ) -> tuple[core.TrainState, dict[str, jax.Array]]:
-    """`num_steps` steps from `step` (the state's), `state` donated."""
+    """`num_steps` steps from `step` (the state's), within its epoch, `state`
+    donated."""
     epoch, index = divmod(step, self._steps_per_epoch)
-    args = (state, self._train, self._orders_from(epoch), index)
+    args = (state, self._epochs.get(epoch, prefetch=epoch < self._last_epoch), index)
     kwargs = dict(num_steps=num_steps, batch_size=self._config.batch_size,
-                  steps_per_epoch=self._steps_per_epoch,
                   batch_sharding=self._batch_sharding)
     if num_steps in self._compiled:
       state, metrics = core.train_steps(*args, **kwargs)
@@ -336,10 +334,10 @@ class _TrainClock:
 def _dispatch_size(step: int, total_steps: int, chunk: int,
                    steps_per_epoch: int, every: tuple[int, ...]) -> int:
   """Steps in the next dispatch: up to `chunk`, ending at each multiple of
-  `every` (evaluations, checkpoints) and at the run's end, and within one
-  epoch boundary. Shorter dispatches are powers of two, so few lengths compile.
+  `every` (evaluations, checkpoints), at the epoch's end and at the run's.
+  Shorter dispatches are powers of two, so few lengths compile.
   """
-  size = min(chunk, total_steps - step, steps_per_epoch)
+  size = min(chunk, total_steps - step, steps_per_epoch - step % steps_per_epoch)
   for period in every:
     if period:
       size = min(size, period - step % period)
