@@ -34,6 +34,15 @@ def test_epoch_permutation_is_a_function_of_key_and_epoch():
   assert sorted(np.asarray(first).tolist()) == list(range(100))
 
 
+@pytest.mark.parametrize('num_examples', [1, 5, 1600, 1700, 60_000])  # 0, 1, 2 rounds
+@pytest.mark.parametrize('key', [jax.random.PRNGKey(7), jax.random.key(3)], ids=['raw', 'typed'])
+def test_epoch_permutation_is_jax_random_permutation(key, num_examples):
+  for epoch in (0, 5):
+    np.testing.assert_array_equal(
+        input_pipeline.epoch_permutation(key, epoch, num_examples),
+        jax.random.permutation(jax.random.fold_in(key, epoch), num_examples))
+
+
 def test_batches_cover_an_epoch_once(tiny_mnist):
   split = input_pipeline.to_device(tiny_mnist.train_images, tiny_mnist.train_labels)
   order = input_pipeline.epoch_permutation(jax.random.PRNGKey(0), 0, 600)
