@@ -159,8 +159,9 @@ class _Dispatcher:
     self._config = config
     self._epochs = input_pipeline.ShuffledEpochs(
         data.train_images, data.train_labels, data_key, dp.replicated)
+    total_steps = config.total_steps(len(data.train_labels))
     self._steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
-    self._last_epoch = (config.total_steps(len(data.train_labels)) - 1) // self._steps_per_epoch
+    self._last_epoch = (total_steps - 1) // self._steps_per_epoch
     self._batch_sharding = dp.batch
     self._clock = clock
     self._in_flight = parallel.InFlight()
@@ -168,8 +169,7 @@ class _Dispatcher:
     self.compile_seconds = 0.0
     # Compiled now: run eagerly at the first log line, its many small ops
     # would each compile there, inside the training time.
-    self.schedule = jax.jit(core.learning_rate_schedule(
-        config, config.total_steps(len(data.train_labels))))
+    self.schedule = jax.jit(core.learning_rate_schedule(config, total_steps))
     self.schedule(0)
 
   def __enter__(self) -> '_Dispatcher':

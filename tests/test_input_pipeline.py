@@ -102,3 +102,17 @@ def test_the_package_ships_mnist_only():
   with pytest.raises(DataError, match='the package ships MNIST only: read '
                                       'Fashion-MNIST from --data-dir DIR or --source tfds'):
     input_pipeline.load(dataset='fashion_mnist')
+
+
+def test_shuffled_epochs_are_the_split_in_each_epochs_order(tiny_mnist):
+  key = jax.random.PRNGKey(3)
+  images, labels = tiny_mnist.train_images, tiny_mnist.train_labels
+  with input_pipeline.ShuffledEpochs(images, labels, key) as epochs:
+    for epoch in (0, 1, 4):  # 1 was made ahead, 4 is a jump (a resume)
+      order = input_pipeline.epoch_permutation(key, epoch, len(labels))
+      split = epochs.get(epoch)
+      np.testing.assert_array_equal(split.images_NHWC, images[order])
+      np.testing.assert_array_equal(split.labels_N, labels[order])
+      assert bool(split.mask_N.all())
+      batch = input_pipeline.batch_slice(split, 2, batch_size=50)
+      np.testing.assert_array_equal(batch['label'], labels[order[100:150]])
