@@ -166,9 +166,14 @@ def to_device(images: np.ndarray, labels: np.ndarray, multiple: int = 1,
   mask = np.arange(len(images) + pad) < len(images)
   images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
   labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+  return _put((images, labels, mask), sharding)
+
+
+def _put(arrays: tuple[np.ndarray, ...], sharding: jax.sharding.Sharding | None
+         ) -> Split:
   if sharding is None:
-    return Split(*jax.device_put((images, labels, mask)))
-  return Split(*(parallel.put(x, sharding) for x in (images, labels, mask)))
+    return Split(*jax.device_put(arrays))
+  return Split(*(parallel.put(x, sharding) for x in arrays))
 
 
 def epoch_permutation(data_key: jax.Array, epoch: int,
@@ -295,10 +300,8 @@ class ShuffledEpochs:
 
   def _copy(self, epoch: int) -> Split:
     order = epoch_permutation(self._data_key, epoch, len(self._labels))
-    arrays = (self._images[order], self._labels[order], np.ones(len(order), bool))
-    if self._sharding is None:
-      return Split(*jax.device_put(arrays))
-    return Split(*(parallel.put(x, self._sharding) for x in arrays))
+    return _put((self._images[order], self._labels[order],
+                 np.ones(len(order), bool)), self._sharding)
 
   def __enter__(self) -> 'ShuffledEpochs':
     return self
