@@ -91,13 +91,12 @@ def evaluate_split(state, split: input_pipeline.Split, batch_size: int, *,
   dp = parallel.DataParallel.of(split.labels_N)
   if batch_size % dp.size:
     raise ValueError(f'batches of {batch_size} do not split over {dp.size} devices')
-  order = dp.replicate(np.arange(len(split.labels_N)))
   count = len(split.labels_N) // batch_size
   in_flight, total, logits = parallel.InFlight(), None, []
   with progress.bar(progress_bar, count, 'evaluating', 'batches', leave=False) as bar:
     for i in range(count):
       sums, batch_logits = _eval_batch(
-          state, input_pipeline.batch_at(split, order, i, batch_size, dp.batch))
+          state, input_pipeline.batch_slice(split, i, batch_size, dp.batch))
       total = sums if total is None else _add(total, sums)
       if keep_logits:
         logits.append(batch_logits)

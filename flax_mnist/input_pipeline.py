@@ -235,11 +235,13 @@ def gather(split: Split, ids: jax.Array,
                 sharding)
 
 
+@functools.partial(jax.jit, static_argnames=('batch_size', 'sharding'))
 def batch_slice(split: Split, index: int | jax.Array, batch_size: int,
                 sharding: jax.sharding.Sharding | None = None
                 ) -> dict[str, jax.Array]:
   """Rows `[index * batch_size, (index + 1) * batch_size)` of `split` as a
-  batch, like `gather`'s: a `ShuffledEpochs` epoch's batch `index`.
+  batch, like `gather`'s: a `ShuffledEpochs` epoch's batch `index`, or an
+  evaluation batch.
 
   >>> split = to_device(np.zeros((6, 784), np.uint8), np.arange(6))
   >>> batch_slice(split, 1, batch_size=2)['label'].tolist()
