@@ -1,7 +1,8 @@
-"""The library against the code users would otherwise copy, in one run.
+"""The library against the code users would otherwise copy, alternated.
 
     pip install torch==2.13.0        # benchmark-only; never a library dependency
-    python benchmarks/compare.py [--out results.json] [--smoke]
+    python benchmarks/compare.py [--repeats 3] [--seconds 10] [--models ...]
+        [--out results.json] [--smoke]
 
 For each model at the tutorial's batch size and at 128, trains on the same
 60,000 random images with the same optimizer (Adam 1e-4; SGD 0.5 for softmax
@@ -13,11 +14,20 @@ regression) and reports images/s of:
   batch), with stock `nn.Conv`, `nn.max_pool` and `nn.Dense`'s own product;
 - pytorch: the same network in PyTorch (tensors in memory, one permutation
   per epoch), using every core.
-The ratios compare flax-mnist with each. Softmax regression times a whole
-epoch (600 steps).
+Each measurement is a process of its own, and the three take turns, in
+reverse order every other round, for `--repeats` rounds. A row gives each
+one's median, the ratios of flax-mnist's median to the others', and the
+lowest and highest ratio within one round. Softmax regression times a whole
+epoch (600 steps); the CNNs' references run half as many steps as
+flax-mnist ran in `--seconds` in the first round.
 """
 
+import argparse
+import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -119,38 +129,87 @@ def pytorch_loop(model: str, batch_size: int, images, labels, steps: int) -> flo
   return steps * batch_size / (time.perf_counter() - start)
 
 
+IMPLEMENTATIONS = ('flax_mnist', 'flax_examples', 'pytorch')
+
+
+def measure(implementation: str, model: str, batch_size: int, seconds: float,
+            steps: int) -> float:
+  """images/s of one implementation, in this process."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), np.uint8)
+  labels = rng.integers(0, 10, NUM_EXAMPLES).astype(np.int32)
+  if implementation == 'flax_mnist':
+    return throughput.measure(model, batch_size, 'float32',
+                              core.steps_per_dispatch(configs.Config(model=model)),
+                              seconds, NUM_EXAMPLES)['images_per_s']
+  loop = {'flax_examples': flax_examples_loop, 'pytorch': pytorch_loop}[implementation]
+  return loop(model, batch_size, images, labels, steps)
+
+
+def measure_in_process(implementation: str, model: str, batch_size: int,
+                       seconds: float, steps: int) -> float:
+  """`measure` in a new Python process, so that no run shares threads, caches
+  or allocations with another."""
+  command = [sys.executable, __file__, '--case', implementation, model,
+             str(batch_size), '--seconds', str(seconds), '--steps', str(steps)]
+  done = subprocess.run(command, capture_output=True, text=True)
+  if done.returncode:
+    raise SystemExit(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
+  return json.loads(done.stdout.strip().splitlines()[-1])['images_per_s']
+
+
+def compare(model: str, batch_size: int, seconds: float, repeats: int,
+            smoke: bool) -> dict:
+  """One row: every implementation `repeats` times, alternated, and medians."""
+  runs: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+  steps = 3 if smoke else NUM_EXAMPLES // batch_size
+  for repeat in range(repeats):
+    order = IMPLEMENTATIONS if repeat % 2 == 0 else IMPLEMENTATIONS[::-1]
+    for name in order:
+      runs[name].append(measure_in_process(name, model, batch_size, seconds, steps))
+      if repeat == 0 and name == 'flax_mnist' and model != 'softmax_regression' and not smoke:
+        # About `seconds` for a reference half flax-mnist's speed.
+        steps = max(20, int(runs[name][0] * seconds / batch_size / 2))
+    print(f'{model} batch {batch_size} round {repeat}: '
+          + json.dumps({name: round(runs[name][-1]) for name in IMPLEMENTATIONS}),
+          flush=True)
+  row = {'model': model, 'batch': batch_size, 'rounds': repeats}
+  row |= {name: statistics.median(runs[name]) for name in IMPLEMENTATIONS}
+  for name in IMPLEMENTATIONS[1:]:
+    row[f'vs_{name}'] = row['flax_mnist'] / row[name]
+    ratios = [ours / other for ours, other in zip(runs['flax_mnist'], runs[name])]
+    row[f'vs_{name}_lowest'], row[f'vs_{name}_highest'] = min(ratios), max(ratios)
+  return row | {f'{name}_runs': runs[name] for name in IMPLEMENTATIONS}
+
+
 def main():
   parser = common.arguments(__doc__)
   parser.add_argument('--models', nargs='+', default=list(throughput.TUTORIAL_BATCH))
   parser.add_argument('--seconds', type=float, default=10.0,
                       help='time each CNN case for about this long')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='rounds of the three implementations')
+  parser.add_argument('--case', nargs=3, metavar=('IMPLEMENTATION', 'MODEL', 'BATCH'),
+                      help=argparse.SUPPRESS)
+  parser.add_argument('--steps', type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), np.uint8)
-  labels = rng.integers(0, 10, NUM_EXAMPLES).astype(np.int32)
+  if args.case:
+    name, model, batch_size = args.case
+    print(json.dumps({'images_per_s': measure(name, model, int(batch_size),
+                                              args.seconds, args.steps)}))
+    return
+  seconds, repeats = (0.0, 1) if args.smoke else (args.seconds, args.repeats)
   rows = []
   for model in args.models:
-    for batch_size in sorted({throughput.TUTORIAL_BATCH[model], 128}):
-      ours = throughput.measure(model, batch_size, 'float32',
-                                core.steps_per_dispatch(configs.Config(model=model)),
-                                0.0 if args.smoke else args.seconds, NUM_EXAMPLES)
-      if args.smoke:
-        steps = 3
-      elif model == 'softmax_regression':
-        steps = NUM_EXAMPLES // batch_size
-      else:
-        # As many steps as flax-mnist ran in `seconds`, give or take.
-        steps = max(20, int(ours['images_per_s'] * args.seconds / batch_size / 2))
-      stock = flax_examples_loop(model, batch_size, images, labels, steps)
-      torch_rate = pytorch_loop(model, batch_size, images, labels, steps)
-      rows.append({'model': model, 'batch': batch_size,
-                   'flax_mnist': ours['images_per_s'], 'flax_examples': stock,
-                   'pytorch': torch_rate,
-                   'vs_flax_examples': ours['images_per_s'] / stock,
-                   'vs_pytorch': ours['images_per_s'] / torch_rate})
-      print(common.format_table(rows[-1:], list(rows[-1])), flush=True)
-  common.report('compare', rows, list(rows[0]), args.out,
-                unit='images/s; vs_* = flax_mnist / other')
+    # Smoke mode: the tutorial's batch only, each case being three processes.
+    batch_sizes = {throughput.TUTORIAL_BATCH[model]} | (set() if args.smoke else {128})
+    for batch_size in sorted(batch_sizes):
+      rows.append(compare(model, batch_size, seconds, repeats, args.smoke))
+  columns = ['model', 'batch', *IMPLEMENTATIONS]
+  columns += [f'vs_{name}{end}' for name in IMPLEMENTATIONS[1:]
+              for end in ('', '_lowest', '_highest')]
+  common.report('compare', rows, columns, args.out,
+                unit='images/s, medians of alternated processes; vs_* = flax_mnist / other')
 
 
 if __name__ == '__main__':
