@@ -17,9 +17,11 @@ regression) and reports images/s of:
 Each measurement is a process of its own, and the three take turns, in
 reverse order every other round, for `--repeats` rounds. A row gives each
 one's median, the ratios of flax-mnist's median to the others', and the
-lowest and highest ratio within one round. Softmax regression times a whole
-epoch (600 steps); the CNNs' references run half as many steps as
-flax-mnist ran in `--seconds` in the first round.
+lowest and highest ratio within one round. flax-mnist trains for at least
+`--seconds`; the references train softmax regression for one epoch (600
+steps at batch 100, 468 at 128), and a CNN for half as many steps as
+flax-mnist took in the first round (at least 20). `--smoke`: one round at
+the tutorial's batch size, 3 steps each (9 processes, about a minute).
 """
 
 import argparse
@@ -135,13 +137,13 @@ IMPLEMENTATIONS = ('flax_mnist', 'flax_examples', 'pytorch')
 def measure(implementation: str, model: str, batch_size: int, seconds: float,
             steps: int) -> float:
   """images/s of one implementation, in this process."""
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), np.uint8)
-  labels = rng.integers(0, 10, NUM_EXAMPLES).astype(np.int32)
   if implementation == 'flax_mnist':
     return throughput.measure(model, batch_size, 'float32',
                               core.steps_per_dispatch(configs.Config(model=model)),
                               seconds, NUM_EXAMPLES)['images_per_s']
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), np.uint8)
+  labels = rng.integers(0, 10, NUM_EXAMPLES).astype(np.int32)
   loop = {'flax_examples': flax_examples_loop, 'pytorch': pytorch_loop}[implementation]
   return loop(model, batch_size, images, labels, steps)
 
@@ -162,14 +164,15 @@ def compare(model: str, batch_size: int, seconds: float, repeats: int,
             smoke: bool) -> dict:
   """One row: every implementation `repeats` times, alternated, and medians."""
   runs: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
-  steps = 3 if smoke else NUM_EXAMPLES // batch_size
+  fewest = 3 if smoke else 20
+  steps = fewest if smoke else NUM_EXAMPLES // batch_size
   for repeat in range(repeats):
     order = IMPLEMENTATIONS if repeat % 2 == 0 else IMPLEMENTATIONS[::-1]
     for name in order:
       runs[name].append(measure_in_process(name, model, batch_size, seconds, steps))
-      if repeat == 0 and name == 'flax_mnist' and model != 'softmax_regression' and not smoke:
+      if repeat == 0 and name == 'flax_mnist' and model != 'softmax_regression':
         # About `seconds` for a reference half flax-mnist's speed.
-        steps = max(20, int(runs[name][0] * seconds / batch_size / 2))
+        steps = max(fewest, int(runs[name][0] * seconds / batch_size / 2))
     print(f'{model} batch {batch_size} round {repeat}: '
           + json.dumps({name: round(runs[name][-1]) for name in IMPLEMENTATIONS}),
           flush=True)
@@ -186,13 +189,17 @@ def main():
   parser = common.arguments(__doc__)
   parser.add_argument('--models', nargs='+', default=list(throughput.TUTORIAL_BATCH))
   parser.add_argument('--seconds', type=float, default=10.0,
-                      help='time each CNN case for about this long')
+                      help='train flax-mnist in each case for at least this long')
   parser.add_argument('--repeats', type=int, default=3,
                       help='rounds of the three implementations')
   parser.add_argument('--case', nargs=3, metavar=('IMPLEMENTATION', 'MODEL', 'BATCH'),
                       help=argparse.SUPPRESS)
   parser.add_argument('--steps', type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.repeats < 1:
+    parser.error('--repeats must be at least 1')
+  if args.case and args.steps is None:
+    parser.error('--case needs --steps')
   if args.case:
     name, model, batch_size = args.case
     print(json.dumps({'images_per_s': measure(name, model, int(batch_size),
@@ -201,7 +208,7 @@ def main():
   seconds, repeats = (0.0, 1) if args.smoke else (args.seconds, args.repeats)
   rows = []
   for model in args.models:
-    # Smoke mode: the tutorial's batch only, each case being three processes.
+    # Smoke mode: the tutorial's batch only, as each case costs three process starts.
     batch_sizes = {throughput.TUTORIAL_BATCH[model]} | (set() if args.smoke else {128})
     for batch_size in sorted(batch_sizes):
       rows.append(compare(model, batch_size, seconds, repeats, args.smoke))
