@@ -141,11 +141,8 @@ def measure(implementation: str, model: str, batch_size: int, seconds: float,
     return throughput.measure(model, batch_size, 'float32',
                               core.steps_per_dispatch(configs.Config(model=model)),
                               seconds, NUM_EXAMPLES)['images_per_s']
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), np.uint8)
-  labels = rng.integers(0, 10, NUM_EXAMPLES).astype(np.int32)
   loop = {'flax_examples': flax_examples_loop, 'pytorch': pytorch_loop}[implementation]
-  return loop(model, batch_size, images, labels, steps)
+  return loop(model, batch_size, *throughput.random_mnist(NUM_EXAMPLES), steps)
 
 
 def measure_in_process(implementation: str, model: str, batch_size: int,

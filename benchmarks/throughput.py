@@ -39,16 +39,21 @@ class RandomTraining(NamedTuple):
   dispatch: int
 
 
+def random_mnist(num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+  """`num_examples` random uint8 images and labels, the same on every call."""
+  rng = np.random.default_rng(0)
+  return (rng.integers(0, 256, (num_examples, 28, 28, 1), np.uint8),
+          rng.integers(0, 10, num_examples).astype(np.int32))
+
+
 def random_training(model: str, batch_size: int, dtype: str, dispatch: int,
                     num_examples: int) -> RandomTraining:
   """Epochs are cut to whole dispatches, so each epoch's shuffled copy counts
   in the time at least as often as in training."""
   config = configs.Config(model=model, batch_size=batch_size, dtype=dtype,
                           **optimizer_config(model))
-  rng = np.random.default_rng(0)
-  epochs = input_pipeline.ShuffledEpochs(
-      rng.integers(0, 256, (num_examples, 28, 28, 1), np.uint8),
-      rng.integers(0, 10, num_examples).astype(np.int32), jax.random.PRNGKey(0))
+  epochs = input_pipeline.ShuffledEpochs(*random_mnist(num_examples),
+                                         jax.random.PRNGKey(0))
   dispatch = min(dispatch, num_examples // batch_size)
   dispatches_per_epoch = num_examples // batch_size // dispatch
   state = core.create_train_state(config, num_examples)
