@@ -134,7 +134,11 @@ def _train_step(state: TrainState, batch: dict[str, jax.Array],
   return state.apply_gradients(grads=grads), {'loss': loss, 'accuracy': accuracy}
 
 
-_jitted_train_step = jax.jit(_train_step)
+# XLA:CPU vectorizes with 256-bit registers unless told otherwise. 512 bits
+# (where the CPU has them) make softmax regression's train step 4-6% faster
+# on 2 Xeon cores, bit for bit the same; other backends ignore the option.
+_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512}
+_jitted_train_step = jax.jit(_train_step, compiler_options=_COMPILER_OPTIONS)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array],
@@ -162,7 +166,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   return _jitted_train_step(state, batch, key)
 
 
-@functools.partial(jax.jit, donate_argnums=0,
+@functools.partial(jax.jit, donate_argnums=0, compiler_options=_COMPILER_OPTIONS,
                    static_argnames=('num_steps', 'batch_size', 'batch_sharding'))
 def train_steps(state: TrainState, epoch: input_pipeline.Split,
                 index: int | jax.Array, *, num_steps: int, batch_size: int,

@@ -1,8 +1,7 @@
 """Convolution, max-pooling and a matrix product with gradients that are fast
 on XLA:CPU.
 
-The values are the usual float32 ones; only how the gradients are computed
-changes. XLA:CPU runs `reduce_window`'s gradient (`select_and_scatter`) far
+The values are the usual float32 ones; only how they are computed changes. XLA:CPU runs `reduce_window`'s gradient (`select_and_scatter`) far
 slower than the forward pass, its reductions' kernels (jaxlib 0.12 runs
 them in YNNPACK) keep XLA from fusing them with the ReLU and bias around
 them, and the kernel gradient of a convolution (a convolution contracting
@@ -14,9 +13,10 @@ batch (jaxlib 0.12), or one matrix product of gathered patches (older
 jaxlib), and a VALID convolution's input gradient one matrix product whose
 kernel taps are summed back in place. Other backends keep XLA's own
 convolution gradients; the pooling is the same on every backend. The
-matrix product (softmax regression's) computes its kernel gradient on CPU as
-(g^T @ x)^T, which XLA:CPU runs in YNNPACK, and not as x^T @ g, which it
-leaves to Eigen's slower kernel.
+matrix product (softmax regression's) pads a narrow kernel to 16 columns on
+CPU, and computes its kernel gradient there as (g^T @ x)^T, which XLA:CPU
+runs in YNNPACK, and not as x^T @ g, which it leaves to Eigen's slower
+kernel.
 """
 
 import functools
@@ -36,6 +36,7 @@ _KERNEL_GRAD_BY_PATCHES_ON_CPU = jax.__version_info__ < (0, 12)
 # 59-62 against 78-82 ms (deep_cnn) and 20 against 24-26 ms (keras_cnn) on 2
 # Xeon cores; up to 32 images one piece is as fast (keras_cnn at 32).
 _KERNEL_GRAD_CHUNK = 16
+_CPU_MIN_COLUMNS = 16
 
 
 def _window_slices(x_BHWC: jax.Array, window: int) -> list[jax.Array]:
@@ -177,6 +178,22 @@ def _matmul(x_BI, kernel_IO):
   return jax.lax.dot_general(x_BI, kernel_IO, (((1,), (0,)), ((), ())))
 
 
+def _cpu_product(x_BI, kernel_IO):
+  # XLA:CPU's YNNPACK computes a narrow product faster with its kernel padded
+  # to 16 zero-filled columns: softmax regression's train step (10 columns)
+  # 6-8% faster at batch 128 on 2 Xeon cores, bit for bit the same values.
+  columns = kernel_IO.shape[1]
+  if columns >= _CPU_MIN_COLUMNS:
+    return _matmul(x_BI, kernel_IO)
+  padded_IO = jnp.pad(kernel_IO, ((0, 0), (0, _CPU_MIN_COLUMNS - columns)))
+  return _matmul(x_BI, padded_IO)[:, :columns]
+
+
+def _product(x_BI, kernel_IO):
+  return jax.lax.platform_dependent(x_BI, kernel_IO, cpu=_cpu_product,
+                                    default=_matmul)
+
+
 @jax.custom_vjp
 def matmul(x_BI: jax.Array, kernel_IO: jax.Array) -> jax.Array:
   """x @ kernel for (B, I) and (I, O) arrays, the product `nn.Dense` computes.
@@ -187,11 +204,11 @@ def matmul(x_BI: jax.Array, kernel_IO: jax.Array) -> jax.Array:
   >>> float(jax.grad(lambda k: matmul(x, k).sum())(kernel)[0, 0])
   2.0
   """
-  return _matmul(x_BI, kernel_IO)
+  return _product(x_BI, kernel_IO)
 
 
 def _matmul_fwd(x_BI, kernel_IO):
-  return _matmul(x_BI, kernel_IO), (x_BI, kernel_IO)
+  return _product(x_BI, kernel_IO), (x_BI, kernel_IO)
 
 
 def _matmul_bwd(residuals, g_BO):
