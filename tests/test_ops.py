@@ -71,6 +71,24 @@ def test_conv2d_matches_xla_values_and_gradients(kernel, padding, batch):
   np.testing.assert_allclose(dk, rdk, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize('kernel, padding', [(5, 'SAME'), (3, 'VALID')])
+def test_one_channel_conv2d_matches_xla_values_and_gradients(kernel, padding):
+  # The first layers' case, computed on CPU as the sum of shifted images.
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(kernel), 3)
+  x = jax.random.uniform(kx, (8, 28, 28, 1))
+  k = jax.random.normal(kk, (kernel, kernel, 1, 32))
+
+  def reference(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  y, vjp = jax.vjp(jax.jit(lambda x, k: ops.conv2d(x, k, padding)), x, k)
+  np.testing.assert_allclose(y, reference(x, k), rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(kg, y.shape)
+  for ours, theirs in zip(vjp(g), jax.vjp(reference, x, k)[1](g)):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('batch', [1, 100, 128])
 def test_matmul_matches_xla_values_and_gradients(batch):
   kx, kk, kg = jax.random.split(jax.random.PRNGKey(batch), 3)
