@@ -13,7 +13,8 @@ and on CPU the kernel gradient is XLA's own summed over chunks of the
 batch (jaxlib 0.12), or one matrix product of gathered patches (older
 jaxlib), a VALID convolution's input gradient one matrix product whose
 kernel taps are summed back in place, and a one-channel convolution (the
-first layer's) the sum of its kernel's taps times the shifted images.
+first layer's) the sum of its kernel's taps times the shifted images
+(jaxlib 0.12).
 Other backends keep XLA's own convolutions; the pooling is the same on
 every backend. The matrix product (softmax regression's) pads a narrow
 kernel to 16 columns on CPU, and computes its kernel gradient there as
@@ -39,6 +40,11 @@ _KERNEL_GRAD_BY_PATCHES_ON_CPU = jax.__version_info__ < (0, 12)
 # Xeon cores; up to 32 images one piece is as fast (keras_cnn at 32).
 _KERNEL_GRAD_CHUNK = 16
 _CPU_MIN_COLUMNS = 16
+# jaxlib 0.12's XLA:CPU runs a one-channel convolution slower than the sum of
+# its taps times the shifted images. jaxlib 0.10's does not for deep_cnn:
+# with the sum its train step at batch 128 takes 112 against 103 ms (keras_cnn
+# 25 against 27).
+_ONE_CHANNEL_CONV_AS_SUM_ON_CPU = jax.__version_info__ >= (0, 12)
 
 
 def _window_slices(x_BHWC: jax.Array, window: int) -> list[jax.Array]:
@@ -149,9 +155,9 @@ def _kernel_grad_in_chunks(x_BHWC, g_BHWO, kernel_shape, padding):
 
 def _one_channel_conv(x_BHWC, kernel_HWIO, padding):
   """A one-channel float32 convolution as the sum of its taps times the
-  shifted images: one elementwise fusion, which XLA:CPU runs faster than
-  its convolution kernel (the first layer's train step: deep_cnn 3%,
-  keras_cnn 5% and fast_cnn 14% faster at batch 128 on 2 Xeon cores)."""
+  shifted images: one elementwise fusion, which jaxlib 0.12's XLA:CPU runs
+  faster than its convolution kernel (train steps at batch 128, 2 Xeon
+  cores: deep_cnn 3%, keras_cnn 5% and fast_cnn 14% faster)."""
   kh, kw, _, c_out = kernel_HWIO.shape
   x_BHWC = jnp.pad(x_BHWC, ((0, 0), *_padding(kernel_HWIO.shape, padding), (0, 0)))
   out_h, out_w = x_BHWC.shape[1] - kh + 1, x_BHWC.shape[2] - kw + 1
@@ -165,7 +171,8 @@ def _one_channel_conv(x_BHWC, kernel_HWIO, padding):
 
 
 def _conv_forward(x_BHWC, kernel_HWIO, padding):
-  if kernel_HWIO.shape[2] != 1 or x_BHWC.dtype != jnp.float32:
+  if (not _ONE_CHANNEL_CONV_AS_SUM_ON_CPU or kernel_HWIO.shape[2] != 1 or
+      x_BHWC.dtype != jnp.float32):
     return _conv(x_BHWC, kernel_HWIO, padding)
   return jax.lax.platform_dependent(
       x_BHWC, kernel_HWIO, cpu=functools.partial(_one_channel_conv, padding=padding),
