@@ -48,6 +48,11 @@ def test_max_pool_rejects_unknown_padding():
     ops.max_pool(jnp.zeros((1, 4, 4, 1)), 2, 'FULL')
 
 
+def _xla_conv(x, k, padding):
+  return jax.lax.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 # Batches of 4 and 50: on jaxlib 0.12 the one over 32 images sums the kernel
 # gradient over chunks (12, 13, 13 and 12 images).
 @pytest.mark.parametrize('kernel, padding, batch', [
@@ -58,15 +63,11 @@ def test_conv2d_matches_xla_values_and_gradients(kernel, padding, batch):
   x = jax.random.normal(kx, (batch, 13, 13, 3))
   k = jax.random.normal(kk, (kernel, kernel, 3, 5))
 
-  def reference(x, k):
-    return jax.lax.conv_general_dilated(
-        x, k, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
   y = ops.conv2d(x, k, padding)
-  np.testing.assert_allclose(y, reference(x, k), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y, _xla_conv(x, k, padding), rtol=1e-5, atol=1e-5)
   g = jax.random.normal(kg, y.shape)
   dx, dk = jax.vjp(lambda x, k: ops.conv2d(x, k, padding), x, k)[1](g)
-  rdx, rdk = jax.vjp(reference, x, k)[1](g)
+  rdx, rdk = jax.vjp(lambda x, k: _xla_conv(x, k, padding), x, k)[1](g)
   np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(dk, rdk, rtol=1e-4, atol=1e-3)
 
@@ -78,14 +79,11 @@ def test_one_channel_conv2d_matches_xla_values_and_gradients(kernel, padding):
   x = jax.random.uniform(kx, (8, 28, 28, 1))
   k = jax.random.normal(kk, (kernel, kernel, 1, 32))
 
-  def reference(x, k):
-    return jax.lax.conv_general_dilated(
-        x, k, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
   y, vjp = jax.vjp(jax.jit(lambda x, k: ops.conv2d(x, k, padding)), x, k)
-  np.testing.assert_allclose(y, reference(x, k), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y, _xla_conv(x, k, padding), rtol=1e-5, atol=1e-5)
   g = jax.random.normal(kg, y.shape)
-  for ours, theirs in zip(vjp(g), jax.vjp(reference, x, k)[1](g)):
+  _, xla_vjp = jax.vjp(lambda x, k: _xla_conv(x, k, padding), x, k)
+  for ours, theirs in zip(vjp(g), xla_vjp(g)):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
