@@ -14,11 +14,10 @@ batch (jaxlib 0.12), or one matrix product of gathered patches (older
 jaxlib), a VALID convolution's input gradient one matrix product whose
 kernel taps are summed back in place, and a one-channel convolution (the
 first layer's) the sum of its kernel's taps times the shifted images
-(jaxlib 0.12).
-Other backends keep XLA's own convolutions; the pooling is the same on
-every backend. The matrix product (softmax regression's) pads a narrow
-kernel to 16 columns on CPU, and computes its kernel gradient there as
-(g^T @ x)^T, which XLA:CPU runs in YNNPACK, and not as x^T @ g, which it
+(jaxlib 0.12). Other backends keep XLA's own convolutions; the pooling is
+the same on every backend. The matrix product (softmax regression's) pads a
+narrow kernel to 16 columns on CPU, and computes its kernel gradient there
+as (g^T @ x)^T, which XLA:CPU runs in YNNPACK, and not as x^T @ g, which it
 leaves to Eigen's slower kernel.
 """
 
