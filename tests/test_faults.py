@@ -25,9 +25,10 @@ pytestmark = pytest.mark.slow
 
 # Random kills in the SIGKILL test (more for a measurement, as in README.md).
 KILL_ROUNDS = int(os.environ.get('FLAX_MNIST_KILL_ROUNDS', 4))
-# keras_cnn on 240 images: 12 steps an epoch, a checkpoint every 4 steps;
-# long enough that every round of kills finds steps left to train.
-RUN = ['--set', f'steps={max(72, 16 * KILL_ROUNDS)}', '--set', 'batch_size=20',
+# keras_cnn on 240 images: 12 steps an epoch, a checkpoint and a log line
+# every 4 steps. A round of kills trains at most about 16 steps (`_kill_soon`),
+# each planted fault 12, so every round finds steps left to train.
+RUN = ['--set', f'steps={16 * KILL_ROUNDS + 32}', '--set', 'batch_size=20',
        '--set', 'checkpoint_every=4',
        '--set', 'log_every=4', '--set', 'max_checkpoints=2']
 INJECT = str(REPO / 'tests' / 'fault_injection.py')
@@ -64,6 +65,17 @@ def _wait_for_training(process: subprocess.Popen) -> list[str]:
     if line.startswith('step '):
       break
   return lines
+
+
+def _kill_soon(process: subprocess.Popen, rng: random.Random) -> None:
+  """SIGKILL at a random moment within two log intervals of training, timed on
+  this machine: a fixed delay lets a fast machine finish the run first."""
+  _wait_for_training(process)
+  start = time.monotonic()
+  _wait_for_training(process)
+  time.sleep(rng.uniform(0, 2 * (time.monotonic() - start)))
+  process.kill()
+  process.communicate()
 
 
 def _final_state(workdir):
@@ -110,10 +122,7 @@ def test_killed_again_and_again_then_resumed_ends_bitwise_equal(reference, env, 
   killed = cut_saves = 0
   for _ in range(KILL_ROUNDS):
     process = _start(args, env)
-    _wait_for_training(process)
-    time.sleep(rng.uniform(0, 0.6))
-    process.kill()
-    process.communicate()
+    _kill_soon(process, rng)
     killed += process.returncode == -signal.SIGKILL
     cut_saves += _saves_cut_short(tmp_path)
   # Planted: the process kills itself while a save is being written, and
