@@ -22,14 +22,23 @@ DEFAULT_DATA_DIR = idx.PACKAGED_DIR
 
 
 def cpu_model() -> str:
+  """The CPU's name, with its family and model: machines that report only
+  'AMD EPYC' differ in them (25 is Zen 3 and 4, 26 Zen 5)."""
+  fields = {}
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+        key, _, value = line.partition(':')
+        fields.setdefault(key.strip(), value.strip())
+        if not line.strip():
+          break
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  if 'model name' not in fields:
+    return platform.processor() or platform.machine()
+  if 'cpu family' in fields and 'model' in fields:
+    return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
+  return fields['model name']
 
 
 def environment() -> dict:

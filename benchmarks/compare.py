@@ -146,10 +146,10 @@ def measure(implementation: str, model: str, batch_size: int, seconds: float,
 
 
 def measure_in_process(implementation: str, model: str, batch_size: int,
-                       seconds: float, steps: int) -> float:
+                       seconds: float, steps: int, script: str = __file__) -> float:
   """`measure` in a new Python process, so that no run shares threads, caches
-  or allocations with another."""
-  command = [sys.executable, __file__, '--case', implementation, model,
+  or allocations with another; `script` is the benchmark whose `--case` runs it."""
+  command = [sys.executable, script, '--case', implementation, model,
              str(batch_size), '--seconds', str(seconds), '--steps', str(steps)]
   done = subprocess.run(command, capture_output=True, text=True)
   if done.returncode:
@@ -158,37 +158,41 @@ def measure_in_process(implementation: str, model: str, batch_size: int,
 
 
 def compare(model: str, batch_size: int, seconds: float, repeats: int,
-            smoke: bool) -> dict:
-  """One row: every implementation `repeats` times, alternated, and medians."""
-  runs: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+            smoke: bool, implementations: tuple[str, ...] = IMPLEMENTATIONS,
+            script: str = __file__) -> dict:
+  """One row: every implementation `repeats` times, alternated, and medians;
+  the ratios are the first implementation's to each other's."""
+  runs: dict[str, list[float]] = {name: [] for name in implementations}
+  ours = implementations[0]
   fewest = 3 if smoke else 20
   steps = fewest if smoke else NUM_EXAMPLES // batch_size
   for repeat in range(repeats):
-    order = IMPLEMENTATIONS if repeat % 2 == 0 else IMPLEMENTATIONS[::-1]
+    order = implementations if repeat % 2 == 0 else implementations[::-1]
     for name in order:
-      runs[name].append(measure_in_process(name, model, batch_size, seconds, steps))
-      if repeat == 0 and name == 'flax_mnist' and model != 'softmax_regression':
-        # About `seconds` for a reference half flax-mnist's speed.
+      runs[name].append(measure_in_process(name, model, batch_size, seconds, steps,
+                                           script))
+      if repeat == 0 and name == ours and model != 'softmax_regression':
+        # About `seconds` for a reference half as fast.
         steps = max(fewest, int(runs[name][0] * seconds / batch_size / 2))
     print(f'{model} batch {batch_size} round {repeat}: '
-          + json.dumps({name: round(runs[name][-1]) for name in IMPLEMENTATIONS}),
+          + json.dumps({name: round(runs[name][-1]) for name in implementations}),
           flush=True)
   row = {'model': model, 'batch': batch_size, 'rounds': repeats}
-  row |= {name: statistics.median(runs[name]) for name in IMPLEMENTATIONS}
-  for name in IMPLEMENTATIONS[1:]:
-    row[f'vs_{name}'] = row['flax_mnist'] / row[name]
-    ratios = [ours / other for ours, other in zip(runs['flax_mnist'], runs[name])]
+  row |= {name: statistics.median(runs[name]) for name in implementations}
+  for name in implementations[1:]:
+    row[f'vs_{name}'] = row[ours] / row[name]
+    ratios = [mine / other for mine, other in zip(runs[ours], runs[name])]
     row[f'vs_{name}_lowest'], row[f'vs_{name}_highest'] = min(ratios), max(ratios)
-  return row | {f'{name}_runs': runs[name] for name in IMPLEMENTATIONS}
+  return row | {f'{name}_runs': runs[name] for name in implementations}
 
 
-def main():
-  parser = common.arguments(__doc__)
-  parser.add_argument('--models', nargs='+', default=list(throughput.TUTORIAL_BATCH))
-  parser.add_argument('--seconds', type=float, default=10.0,
+def parse_arguments(parser: argparse.ArgumentParser, seconds: float,
+                    rounds_of: str) -> argparse.Namespace:
+  """`--seconds`, `--repeats` and the hidden `--case` of one measurement
+  (`measure_in_process`) added to `parser`, and its arguments parsed."""
+  parser.add_argument('--seconds', type=float, default=seconds,
                       help='train flax-mnist in each case for at least this long')
-  parser.add_argument('--repeats', type=int, default=3,
-                      help='rounds of the three implementations')
+  parser.add_argument('--repeats', type=int, default=3, help=f'rounds of {rounds_of}')
   parser.add_argument('--case', nargs=3, metavar=('IMPLEMENTATION', 'MODEL', 'BATCH'),
                       help=argparse.SUPPRESS)
   parser.add_argument('--steps', type=int, help=argparse.SUPPRESS)
@@ -197,10 +201,24 @@ def main():
     parser.error('--repeats must be at least 1')
   if args.case and args.steps is None:
     parser.error('--case needs --steps')
-  if args.case:
-    name, model, batch_size = args.case
-    print(json.dumps({'images_per_s': measure(name, model, int(batch_size),
-                                              args.seconds, args.steps)}))
+  return args
+
+
+def run_case(args: argparse.Namespace, measure_case=measure) -> bool:
+  """With `--case`, prints its measurement (`measure_case`'s) and says so."""
+  if not args.case:
+    return False
+  name, model, batch_size = args.case
+  print(json.dumps({'images_per_s': measure_case(name, model, int(batch_size),
+                                                 args.seconds, args.steps)}))
+  return True
+
+
+def main():
+  parser = common.arguments(__doc__)
+  parser.add_argument('--models', nargs='+', default=list(throughput.TUTORIAL_BATCH))
+  args = parse_arguments(parser, 10.0, 'the three implementations')
+  if run_case(args):
     return
   seconds, repeats = (0.0, 1) if args.smoke else (args.seconds, args.repeats)
   rows = []

@@ -47,13 +47,16 @@ def random_mnist(num_examples: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_training(model: str, batch_size: int, dtype: str, dispatch: int,
-                    num_examples: int) -> RandomTraining:
+                    num_examples: int, train_steps: Callable = core.train_steps,
+                    epochs_type: type = input_pipeline.ShuffledEpochs
+                    ) -> RandomTraining:
   """Epochs are cut to whole dispatches, so each epoch's shuffled copy counts
-  in the time at least as often as in training."""
+  in the time at least as often as in training. `train_steps` is called as
+  `core.train_steps` is, on the epochs of an `epochs_type` (by default
+  `input_pipeline.ShuffledEpochs`)."""
   config = configs.Config(model=model, batch_size=batch_size, dtype=dtype,
                           **optimizer_config(model))
-  epochs = input_pipeline.ShuffledEpochs(*random_mnist(num_examples),
-                                         jax.random.PRNGKey(0))
+  epochs = epochs_type(*random_mnist(num_examples), jax.random.PRNGKey(0))
   dispatch = min(dispatch, num_examples // batch_size)
   dispatches_per_epoch = num_examples // batch_size // dispatch
   state = core.create_train_state(config, num_examples)
@@ -61,16 +64,19 @@ def random_training(model: str, batch_size: int, dtype: str, dispatch: int,
 
   def run(state, step):
     epoch, index = divmod(step // dispatch, dispatches_per_epoch)
-    return core.train_steps(state, epochs.get(epoch), index * dispatch, **kwargs)
+    return train_steps(state, epochs.get(epoch), index * dispatch, **kwargs)
 
   return RandomTraining(state, run,
-                        core.train_steps.lower(state, epochs.get(0), 0, **kwargs),
+                        train_steps.lower(state, epochs.get(0), 0, **kwargs),
                         dispatch)
 
 
 def measure(model: str, batch_size: int, dtype: str, dispatch: int,
-            min_seconds: float, num_examples: int) -> dict:
-  training = random_training(model, batch_size, dtype, dispatch, num_examples)
+            min_seconds: float, num_examples: int,
+            train_steps: Callable = core.train_steps,
+            epochs_type: type = input_pipeline.ShuffledEpochs) -> dict:
+  training = random_training(model, batch_size, dtype, dispatch, num_examples,
+                             train_steps, epochs_type)
   state, dispatch = training.state, training.dispatch
   flops = 6 * summary.multiply_adds(model) * batch_size
   start = time.perf_counter()

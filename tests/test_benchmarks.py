@@ -1,6 +1,7 @@
 """Every benchmark's smoke mode: each script still runs and writes its JSON."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -20,13 +21,24 @@ SCRIPTS = {
     'end_to_end.py': ['--data-dir'],
     'step_profile.py': ['--models', 'softmax_regression', 'keras_cnn'],
     'step_trace.py': ['--models', 'softmax_regression', 'keras_cnn'],
+    'native_softmax.py': [],
 }
+
+
+def _has_avx512() -> bool:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return 'avx512f' in f.read().split()
+  except OSError:
+    return False
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))
 def test_smoke(script, tmp_path, request):
   if script in ('compare.py', 'end_to_end.py'):
     pytest.importorskip('torch')
+  if script == 'native_softmax.py' and not (_has_avx512() and shutil.which('g++')):
+    pytest.skip('the native kernel needs AVX-512 and g++')
   args = SCRIPTS[script]
   if args[-1:] == ['--data-dir']:
     args = [*args, request.getfixturevalue('mnist_dir')]
@@ -41,3 +53,10 @@ def test_smoke(script, tmp_path, request):
   numbers = [v for row in results['rows'] for v in row.values()
              if isinstance(v, float)]
   assert all(v == v and v >= 0 for v in numbers)
+  if script == 'native_softmax.py':
+    # Both thread counts train as the library does, to rounding.
+    library, *native = results['one_epoch']
+    for row in native:
+      assert row['steps'] == library['steps']
+      assert row['kernel_max_difference'] < 1e-5
+      assert abs(row['test_accuracy'] - library['test_accuracy']) <= 0.002
