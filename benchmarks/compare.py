@@ -17,11 +17,14 @@ regression) and reports images/s of:
 Each measurement is a process of its own, and the three take turns, in
 reverse order every other round, for `--repeats` rounds. A row gives each
 one's median, the ratios of flax-mnist's median to the others', and the
-lowest and highest ratio within one round. flax-mnist trains for at least
-`--seconds`; the references train softmax regression for one epoch (600
-steps at batch 100, 468 at 128), and a CNN for half as many steps as
-flax-mnist took in the first round (at least 20). `--smoke`: one round at
-the tutorial's batch size, 3 steps each (9 processes, about a minute).
+lowest and highest ratio within one round. Each trains for at least
+`--seconds`: flax-mnist in its dispatches, the references in rounds of one
+epoch for softmax regression (600 steps at batch 100, 468 at 128), and for
+a CNN of half as many steps as flax-mnist took in the first round (at
+least 20). Until 2026-12-02 the references trained one such round only: a
+softmax epoch, 0.1-0.3 s, which one slow stretch could halve. `--smoke`:
+one round at the tutorial's batch size, 3 steps each (9 processes, about a
+minute).
 """
 
 import argparse
@@ -44,8 +47,19 @@ from flax_mnist import configs, core, models
 NUM_EXAMPLES = 60_000
 
 
-def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int
-                       ) -> float:
+def timed(run, batch_size: int, steps: int, seconds: float) -> float:
+  """images/s of `run(first, count)`, which returns when its steps are done:
+  two steps to compile, then rounds of `steps` until `seconds` have passed."""
+  run(0, 2)
+  done, start = 0, time.perf_counter()
+  while done == 0 or time.perf_counter() - start < seconds:
+    run(2 + done, steps)
+    done += steps
+  return done * batch_size / (time.perf_counter() - start)
+
+
+def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int,
+                       seconds: float = 0.0) -> float:
   """images/s of Flax's Linen MNIST example loop (apply_model + update_model)."""
   module = models.FLAX_STOCK_MODELS[model]()
   opt = throughput.optimizer_config(model)
@@ -77,20 +91,19 @@ def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int
   perms = rng.permutation(len(images))[:len(images) // batch_size * batch_size]
   perms = perms.reshape(-1, batch_size)
 
-  def run(state, first, count):
+  def run(first, count):
+    nonlocal state
     for i in range(first, first + count):
       perm = perms[i % len(perms)]
       grads, _, _ = apply_model(state, images[perm], labels[perm], i)
       state = update_model(state, grads)
-    return state
+    jax.block_until_ready(state)
 
-  state = jax.block_until_ready(run(state, 0, 2))
-  start = time.perf_counter()
-  jax.block_until_ready(run(state, 2, steps))
-  return steps * batch_size / (time.perf_counter() - start)
+  return timed(run, batch_size, steps, seconds)
 
 
-def pytorch_loop(model: str, batch_size: int, images, labels, steps: int) -> float:
+def pytorch_loop(model: str, batch_size: int, images, labels, steps: int,
+                 seconds: float = 0.0) -> float:
   """images/s of the same network and optimizer in PyTorch."""
   import torch
   from torch import nn
@@ -125,10 +138,7 @@ def pytorch_loop(model: str, batch_size: int, images, labels, steps: int) -> flo
       optimizer.step()
 
   network.train()
-  run(0, 2)
-  start = time.perf_counter()
-  run(2, steps)
-  return steps * batch_size / (time.perf_counter() - start)
+  return timed(run, batch_size, steps, seconds)
 
 
 IMPLEMENTATIONS = ('flax_mnist', 'flax_examples', 'pytorch')
@@ -142,7 +152,8 @@ def measure(implementation: str, model: str, batch_size: int, seconds: float,
                               core.steps_per_dispatch(configs.Config(model=model)),
                               seconds, NUM_EXAMPLES)['images_per_s']
   loop = {'flax_examples': flax_examples_loop, 'pytorch': pytorch_loop}[implementation]
-  return loop(model, batch_size, *throughput.random_mnist(NUM_EXAMPLES), steps)
+  return loop(model, batch_size, *throughput.random_mnist(NUM_EXAMPLES), steps,
+              seconds)
 
 
 def measure_in_process(implementation: str, model: str, batch_size: int,

@@ -22,8 +22,8 @@ few steps. Needs x86-64 with AVX-512 and g++.
 
 About 5 minutes on 2 cores. On 2 AMD EPYC (Zen 4) cores, 2026-12-02: the
 three end the epoch with the same test accuracy, 0.9156, and native_2 is
-4.73x the Flax-examples loop at batch 100 and 4.62x at 128 (flax-mnist
-3.39x and 2.74x); see benchmarks/README.md.
+4.87x the Flax-examples loop at batch 100 and 4.42x at 128 (flax-mnist
+3.38x and 2.77x); see benchmarks/README.md.
 """
 
 import ctypes
