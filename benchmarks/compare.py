@@ -202,7 +202,7 @@ def parse_arguments(parser: argparse.ArgumentParser, seconds: float,
   """`--seconds`, `--repeats` and the hidden `--case` of one measurement
   (`measure_in_process`) added to `parser`, and its arguments parsed."""
   parser.add_argument('--seconds', type=float, default=seconds,
-                      help='train flax-mnist in each case for at least this long')
+                      help='train each implementation for at least this long')
   parser.add_argument('--repeats', type=int, default=3, help=f'rounds of {rounds_of}')
   parser.add_argument('--case', nargs=3, metavar=('IMPLEMENTATION', 'MODEL', 'BATCH'),
                       help=argparse.SUPPRESS)
