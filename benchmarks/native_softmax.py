@@ -121,8 +121,9 @@ def native_train_steps(state: core.TrainState, epoch: Epoch,
                jax.ShapeDtypeStruct((num_steps,), jnp.float32)),
       input_output_aliases={0: 0, 1: 1})
   kernel, bias, loss, accuracy = call(
-      dense['kernel'], dense['bias'], *epoch, jnp.asarray(index, jnp.int32), num_steps=np.int32(num_steps),
-      batch_size=np.int32(batch_size), learning_rate=np.float32(LEARNING_RATE),
+      dense['kernel'], dense['bias'], *epoch, jnp.asarray(index, jnp.int32),
+      num_steps=np.int32(num_steps), batch_size=np.int32(batch_size),
+      learning_rate=np.float32(LEARNING_RATE),
       threads=np.int32(threads))
   params = {'dense': {'kernel': kernel, 'bias': bias}}
   return (state.replace(step=state.step + num_steps, params=params),

@@ -93,7 +93,7 @@ struct alignas(64) Partial {
 };
 
 struct Run {
-  int batch, steps, threads;
+  int batch, steps;
   float learning_rate;
   const uint8_t* images;  // the training split's [N][784]
   const int32_t* labels;
@@ -128,7 +128,7 @@ void SoftmaxRow(Run& run, const float* logits_16, int label, float* grad_16,
   _mm512_storeu_ps(grad_16, _mm512_mul_ps(p, _mm512_set1_ps(1.0f / run.batch)));
 }
 
-// Logits and gradient rows [begin, end) of step `step`, two rows at a time.
+// Logits and gradient rows [begin, end) of the batch `ids`, two rows at a time.
 void Forward(Run& run, const int32_t* ids, int begin, int end, Partial& partial) {
   const float* w = run.weights.data();
   for (int r = begin; r < end; r += 2) {
