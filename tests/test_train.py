@@ -240,10 +240,10 @@ def test_eval_needs_only_the_test_split_and_names_a_saved_path(tiny_idx_dir, tmp
     evaluation.evaluate_workdir(str(tmp_path / 'run'))
 
 
-@pytest.mark.parametrize('preset', ['keras', 'experts'])
+@pytest.mark.parametrize('preset', list(configs.PRESETS))
 def test_the_compiled_initialisation_is_the_op_by_op_one(preset):
-  # create_train_state compiles its initialisation as one program; checkpoints
-  # and seeds from before must still mean the same parameters.
+  # create_train_state compiles its initialisation as one program, at O1 on
+  # CPU; checkpoints and seeds from before must still mean the same parameters.
   config = configs.get_preset(preset)
   state = core.create_train_state(config)
   model = models.create_model(config.model)
@@ -254,3 +254,18 @@ def test_the_compiled_initialisation_is_the_op_by_op_one(preset):
     np.testing.assert_array_equal(got, want)
   assert all(not np.any(m) for m in jax.tree_util.tree_leaves(state.opt_state)
              if getattr(m, 'ndim', 0))
+
+
+def test_the_initial_state_can_be_traced():
+  # Restoring builds the abstract state under jax.eval_shape, and users may
+  # build it inside their own jit: neither takes the CPU compiler options.
+  config = configs.get_preset('fast')
+  state = core.create_train_state(config)
+  abstract = jax.eval_shape(lambda: core.create_train_state(config))
+  key = jax.random.PRNGKey(config.seed)
+  jitted = jax.jit(lambda: core.create_train_state(config, key=key).params)()
+  assert (jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), abstract.params)
+          == jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state.params))
+  for got, want in zip(jax.tree_util.tree_leaves(jitted),
+                       jax.tree_util.tree_leaves(state.params)):
+    np.testing.assert_array_equal(got, want)
