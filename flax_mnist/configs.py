@@ -261,9 +261,11 @@ def fast() -> Config:
   (0.7, 0.9) as in MNIST speed records. Chosen from short runs of seeds 1
   and 2 (benchmarks/README.md): 2.5 epochs without the hidden layer fell
   short of 99.2% on one seed.
-  Measured here (2 Xeon cores, Python 3.12, jax 0.12): seeds 1-5 give
+  Measured here (Python 3.12, jax 0.12): on 2 Xeon cores seeds 1-5 give
   0.9929, 0.9916, 0.9933, 0.9928 and 0.9916 (median 0.9928), the whole
-  command 11.1-11.7 s, or 15.2 s with an empty compilation cache.
+  command 11.1-11.7 s, or 15.2 s with an empty compilation cache; on 2 EPYC
+  Zen 4 cores 0.9928, 0.9925, 0.9926, 0.9929 and 0.9921 (median 0.9926),
+  16.7-22.6 s with an empty cache (medians of three sets of 5).
   """
   return Config(model='fast_cnn', optimizer='adam', learning_rate=6e-3,
                 lr_schedule='cosine', warmup_steps=93, adam_b1=0.7, adam_b2=0.9,
