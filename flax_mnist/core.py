@@ -25,7 +25,7 @@ from flax_mnist import models
 _INIT, _DROPOUT, _DATA = 0, 1, 2
 
 # The initial state is computed once, so LLVM's O1 is enough on CPU: a CNN's
-# state compiles in 0.5 s instead of 1.0-1.6 s on 2 cores, to bitwise the same
+# state compiles in 0.3-0.7 s instead of 0.9-1.7 s on 2 cores, to bitwise the same
 # values (tests/test_train.py).
 _INIT_CPU_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
 
