@@ -12,6 +12,7 @@ import jax
 
 from flax_mnist import idx
 from flax_mnist import malloc
+from flax_mnist import models
 
 # Every benchmark runs with the allocator the command line uses.
 malloc.keep_freed_memory()
@@ -78,6 +79,13 @@ def arguments(doc: str) -> argparse.ArgumentParser:
                       help='tiny sizes, seconds: checks the script still runs')
   parser.add_argument('--out', help='write the results here as JSON')
   return parser
+
+
+def add_models_argument(parser: argparse.ArgumentParser, default) -> None:
+  """`--models`: any of the library's networks, `default` when not given."""
+  parser.add_argument('--models', nargs='+', choices=list(models.MODELS),
+                      default=list(default), metavar='MODEL',
+                      help=f'of {", ".join(models.MODELS)} (default: {" ".join(default)})')
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

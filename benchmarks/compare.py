@@ -4,9 +4,10 @@
     python benchmarks/compare.py [--repeats 3] [--seconds 10] [--models ...]
         [--out results.json] [--smoke]
 
-For each model at the tutorial's batch size and at 128, trains on the same
-60,000 random images with the same optimizer (Adam 1e-4; SGD 0.5 for softmax
-regression) and reports images/s of:
+For each model (the tutorials' three unless `--models` adds fast_cnn) at its
+preset's batch size and at 128, trains on the same 60,000 random images with
+the same optimizer (Adam 1e-4; SGD 0.5 for softmax regression) and reports
+images/s of:
 - flax-mnist: `core.train_steps`, data on the device, its default steps per
   dispatch;
 - flax-examples: the loop of Flax's Linen examples/mnist (host numpy batches
@@ -102,14 +103,10 @@ def flax_examples_loop(model: str, batch_size: int, images, labels, steps: int,
   return timed(run, batch_size, steps, seconds)
 
 
-def pytorch_loop(model: str, batch_size: int, images, labels, steps: int,
-                 seconds: float = 0.0) -> float:
-  """images/s of the same network and optimizer in PyTorch."""
-  import torch
+def pytorch_network(model: str):
+  """The library's network `model` in PyTorch (NCHW), as a user would write it."""
   from torch import nn
-  torch.set_num_threads(os.cpu_count())
-  torch.manual_seed(0)
-  network = {
+  return {
       'softmax_regression': lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
       'deep_cnn': lambda: nn.Sequential(
           nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -121,7 +118,21 @@ def pytorch_loop(model: str, batch_size: int, images, labels, steps: int,
           nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
           nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
           nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, 10)),
+      'fast_cnn': lambda: nn.Sequential(
+          nn.Conv2d(1, 16, 5), nn.MaxPool2d(2), nn.ReLU(),
+          nn.Conv2d(16, 32, 5), nn.MaxPool2d(2), nn.ReLU(),
+          nn.Flatten(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 10)),
   }[model]()
+
+
+def pytorch_loop(model: str, batch_size: int, images, labels, steps: int,
+                 seconds: float = 0.0) -> float:
+  """images/s of the same network and optimizer in PyTorch."""
+  import torch
+  from torch import nn
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  network = pytorch_network(model)
   opt = throughput.optimizer_config(model)
   optimizer = {'sgd': torch.optim.SGD, 'adam': torch.optim.Adam}[opt['optimizer']](
       network.parameters(), lr=opt['learning_rate'])
@@ -227,7 +238,7 @@ def run_case(args: argparse.Namespace, measure_case=measure) -> bool:
 
 def main():
   parser = common.arguments(__doc__)
-  parser.add_argument('--models', nargs='+', default=list(throughput.TUTORIAL_BATCH))
+  common.add_models_argument(parser, throughput.TUTORIALS)
   args = parse_arguments(parser, 10.0, 'the three implementations')
   if run_case(args):
     return
@@ -235,7 +246,7 @@ def main():
   rows = []
   for model in args.models:
     # Smoke mode: the tutorial's batch only, as each case costs three process starts.
-    batch_sizes = {throughput.TUTORIAL_BATCH[model]} | (set() if args.smoke else {128})
+    batch_sizes = {throughput.PRESET_BATCH[model]} | (set() if args.smoke else {128})
     for batch_size in sorted(batch_sizes):
       rows.append(compare(model, batch_size, seconds, repeats, args.smoke))
   columns = ['model', 'batch', *IMPLEMENTATIONS]

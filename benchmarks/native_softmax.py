@@ -184,7 +184,7 @@ def main():
   if compare.run_case(args, measure):
     return
   register()
-  epoch_batch = 8 if args.smoke else throughput.TUTORIAL_BATCH['softmax_regression']
+  epoch_batch = 8 if args.smoke else throughput.PRESET_BATCH['softmax_regression']
   accuracy = one_epoch(common.mnist(args.data_dir, args.smoke), epoch_batch, args.smoke)
   print(common.format_table(accuracy, list(accuracy[0])), flush=True)
   seconds, repeats = (0.0, 1) if args.smoke else (args.seconds, args.repeats)

@@ -229,7 +229,7 @@ def profile(model_name: str, batch_size: int, seconds: float, torch_too: bool
 
 def main():
   parser = common.arguments(__doc__)
-  parser.add_argument('--models', nargs='+', default=list(throughput.TUTORIAL_BATCH))
+  common.add_models_argument(parser, throughput.TUTORIALS)
   parser.add_argument('--batch-sizes', nargs='+', type=int,
                       help="default: the tutorial's and 128")
   parser.add_argument('--seconds', type=float, default=0.3,
@@ -246,7 +246,7 @@ def main():
   seconds = 0.0 if args.smoke else args.seconds
   rows = []
   for model_name in args.models:
-    sizes = args.batch_sizes or sorted({throughput.TUTORIAL_BATCH[model_name], 128})
+    sizes = args.batch_sizes or sorted({throughput.PRESET_BATCH[model_name], 128})
     for batch_size in ([8] if args.smoke else sizes):
       rows += profile(model_name, batch_size, seconds, torch_too)
       print(f'{model_name}, batch {batch_size}:')

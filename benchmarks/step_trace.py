@@ -79,14 +79,14 @@ def trace_step(model: str, batch_size: int, steps: int) -> tuple[float, dict]:
 
 def main():
   parser = common.arguments(__doc__)
-  parser.add_argument('--models', nargs='+', default=['keras_cnn', 'deep_cnn'])
+  common.add_models_argument(parser, ['keras_cnn', 'deep_cnn'])
   parser.add_argument('--batch-sizes', nargs='+', type=int)
   parser.add_argument('--steps', type=int, default=30, help='steps traced')
   parser.add_argument('--top', type=int, default=15, help='ops listed per case')
   args = parser.parse_args()
   rows = []
   for model in args.models:
-    sizes = args.batch_sizes or sorted({throughput.TUTORIAL_BATCH[model], 128})
+    sizes = args.batch_sizes or sorted({throughput.PRESET_BATCH[model], 128})
     for batch_size in ([8] if args.smoke else sizes):
       step_ms, ops = trace_step(model, batch_size, 2 if args.smoke else args.steps)
       ranked = sorted(ops.items(), key=lambda item: -item[1][0])[:args.top]

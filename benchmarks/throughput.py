@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--out results.json] [--smoke]
 
-For each model, batch size (the tutorials' 100, 50 and 32, and 128; on an
+For each model, batch size (its preset's: the tutorials' 100, 50 and 32, and 128; on an
 accelerator also 1,024 and 4,096), compute dtype and steps per dispatch:
 images/s, ms per step, the compile time of `core.train_steps`, and the
 achieved TFLOP/s (6 flops per multiply-add of the weighted layers per image:
@@ -21,7 +21,10 @@ import numpy as np
 import common
 from flax_mnist import configs, core, input_pipeline, summary
 
-TUTORIAL_BATCH = {'softmax_regression': 100, 'deep_cnn': 50, 'keras_cnn': 32}
+TUTORIALS = ('softmax_regression', 'deep_cnn', 'keras_cnn')
+# Each model's batch size in its preset: the tutorials' own, and fast's.
+PRESET_BATCH = {config.model: config.batch_size
+                for config in (preset() for preset in configs.PRESETS.values())}
 
 
 def optimizer_config(model: str) -> dict:
@@ -102,7 +105,7 @@ def measure(model: str, batch_size: int, dtype: str, dispatch: int,
 
 def main():
   parser = common.arguments(__doc__)
-  parser.add_argument('--models', nargs='+', default=list(TUTORIAL_BATCH))
+  common.add_models_argument(parser, TUTORIALS)
   parser.add_argument('--batch-sizes', nargs='+', type=int,
                       help='default: the tutorial size and 128 (accelerators: '
                       'also 1024 and 4096)')
@@ -122,7 +125,7 @@ def main():
   rows = []
   for model in args.models:
     sizes = args.batch_sizes or sorted(
-        {TUTORIAL_BATCH[model], 128} | ({1024, 4096} if accelerator else set()))
+        {PRESET_BATCH[model], 128} | ({1024, 4096} if accelerator else set()))
     if args.smoke:
       sizes = [8]
     for batch_size in sizes:

@@ -5,9 +5,11 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from conftest import REPO
+from flax_mnist import models
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +62,21 @@ def test_smoke(script, tmp_path, request):
       assert row['steps'] == library['steps']
       assert row['kernel_max_difference'] < 1e-5
       assert abs(row['test_accuracy'] - library['test_accuracy']) <= 0.002
+
+
+def test_an_unknown_model_is_a_clear_error():
+  run = subprocess.run(
+      [sys.executable, str(REPO / 'benchmarks' / 'step_profile.py'), '--smoke',
+       '--models', 'fast'], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2
+  assert "invalid choice: 'fast'" in run.stderr and 'fast_cnn' in run.stderr
+
+
+@pytest.mark.parametrize('model', sorted(models.MODELS))
+def test_the_pytorch_reference_is_the_library_network(model, monkeypatch):
+  pytest.importorskip('torch')
+  monkeypatch.syspath_prepend(str(REPO / 'benchmarks'))
+  import compare
+  network = compare.pytorch_network(model)
+  ours = models.init_params(models.create_model(model), jax.random.key(0))
+  assert sum(p.numel() for p in network.parameters()) == models.count_params(ours)
