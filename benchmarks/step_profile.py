@@ -3,7 +3,7 @@
     python benchmarks/step_profile.py [--models keras_cnn] [--batch-sizes 32 128]
         [--out results.json] [--smoke]
 
-For each model and batch size (default the tutorial's and 128), one row per
+For each model and batch size (default its preset's and 128), one row per
 piece, in milliseconds (median of repeated runs, each jitted on its own):
 - every convolution: its forward pass, input gradient and kernel gradient
   (the library's `ops.conv2d`, so on CPU the kernel gradient by patches);
@@ -231,7 +231,7 @@ def main():
   parser = common.arguments(__doc__)
   common.add_models_argument(parser, throughput.TUTORIALS)
   parser.add_argument('--batch-sizes', nargs='+', type=int,
-                      help="default: the tutorial's and 128")
+                      help="default: the preset's and 128")
   parser.add_argument('--seconds', type=float, default=0.3,
                       help='time each piece for about this long')
   parser.add_argument('--no-torch', action='store_true', help='skip PyTorch')

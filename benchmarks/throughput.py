@@ -2,12 +2,12 @@
 
     python benchmarks/throughput.py [--out results.json] [--smoke]
 
-For each model, batch size (its preset's: the tutorials' 100, 50 and 32, and 128; on an
-accelerator also 1,024 and 4,096), compute dtype and steps per dispatch:
-images/s, ms per step, the compile time of `core.train_steps`, and the
-achieved TFLOP/s (6 flops per multiply-add of the weighted layers per image:
-5.0 TFLOP per epoch for deep_cnn). Softmax regression trains with SGD 0.5,
-the CNNs with Adam 1e-4 (the rate does not change the speed), on batches in
+For each model, batch size (its preset's: the tutorials' 100, 50 and 32, fast's
+128; and 128; on an accelerator also 1,024 and 4,096), compute dtype and steps
+per dispatch: images/s, ms per step, the compile time of `core.train_steps`,
+and the achieved TFLOP/s (6 flops per multiply-add of the weighted layers per
+image: 5.0 TFLOP per epoch for deep_cnn). Softmax regression trains with SGD
+0.5, the CNNs with Adam 1e-4 (the rate does not change the speed), on batches in
 a shuffled order as in training.
 Images are random: speed does not depend on pixel values.
 """
@@ -107,7 +107,7 @@ def main():
   parser = common.arguments(__doc__)
   common.add_models_argument(parser, TUTORIALS)
   parser.add_argument('--batch-sizes', nargs='+', type=int,
-                      help='default: the tutorial size and 128 (accelerators: '
+                      help="default: the preset's size and 128 (accelerators: "
                       'also 1024 and 4096)')
   parser.add_argument('--dtypes', nargs='+',
                       help='default float32 (accelerators: also bfloat16)')
