@@ -8,6 +8,7 @@ TensorBoard mistakes, `report` and `Predictor` all use this one path.
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -60,9 +61,15 @@ def eval_step(state, batch: dict[str, Any]) -> dict[str, jax.Array]:
   return _eval_batch(state, checked)[0]
 
 
-@jax.jit
-def _add(a: Any, b: Any) -> Any:
-  return jax.tree_util.tree_map(jnp.add, a, b)
+@functools.partial(jax.jit, static_argnames=('batch_size', 'sharding'))
+def _eval_slice(state, split: input_pipeline.Split, index: int, total: Any,
+                batch_size: int, sharding: jax.sharding.Sharding | None
+                ) -> tuple[dict[str, jax.Array], jax.Array]:
+  """`total` plus the sums of `split`'s batch `index`, and its logits: one
+  program, where the slice, the batch and the sum would compile three."""
+  sums, logits = _eval_batch(
+      state, input_pipeline.batch_slice(split, index, batch_size, sharding))
+  return jax.tree_util.tree_map(jnp.add, total, sums), logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +99,11 @@ def evaluate_split(state, split: input_pipeline.Split, batch_size: int, *,
   if batch_size % dp.size:
     raise ValueError(f'batches of {batch_size} do not split over {dp.size} devices')
   count = len(split.labels_N) // batch_size
-  in_flight, total, logits = parallel.InFlight(), None, []
+  in_flight, logits = parallel.InFlight(), []
+  total = {'loss_sum': np.float32(0), 'correct': np.int32(0), 'count': np.int32(0)}
   with progress.bar(progress_bar, count, 'evaluating', 'batches', leave=False) as bar:
     for i in range(count):
-      sums, batch_logits = _eval_batch(
-          state, input_pipeline.batch_slice(split, i, batch_size, dp.batch))
-      total = sums if total is None else _add(total, sums)
+      total, batch_logits = _eval_slice(state, split, i, total, batch_size, dp.batch)
       if keep_logits:
         logits.append(batch_logits)
       in_flight.add(total)
