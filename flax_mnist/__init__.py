@@ -30,7 +30,6 @@ from flax_mnist.input_pipeline import load as load_mnist
 from flax_mnist.inputs import model_input
 from flax_mnist.malloc import keep_freed_memory
 from flax_mnist.models import MODELS, count_params, create_model, init_params
-from flax_mnist.predict import Prediction, Predictor
 from flax_mnist.resume import restore_workdir
 from flax_mnist.summary import format_summary
 from flax_mnist.train import train_and_evaluate
@@ -59,3 +58,12 @@ __all__ = [
 ]
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name: str):
+  # `predict` loads scipy.ndimage, a quarter of a second that training and
+  # evaluation do not need.
+  if name in ('Prediction', 'Predictor'):
+    from flax_mnist import predict
+    return getattr(predict, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

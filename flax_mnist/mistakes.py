@@ -11,7 +11,6 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import special
 
 from flax_mnist import datasets
 
@@ -25,11 +24,22 @@ _GAP = 5
 def confident_mistakes(logits_NC: np.ndarray, labels_N: np.ndarray,
                        count: int) -> np.ndarray:
   """Indices of up to `count` misclassified examples, most confident first."""
-  probabilities = special.softmax(logits_NC, axis=-1)
-  predicted = probabilities.argmax(-1)
+  predicted, confidence = predictions(logits_NC)
   wrong = np.flatnonzero(predicted != labels_N)
-  order = np.argsort(-probabilities[wrong, predicted[wrong]], kind='stable')
+  order = np.argsort(-confidence[wrong], kind='stable')
   return wrong[order[:count]]
+
+
+def predictions(logits_NC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each row's predicted class and its softmax probability.
+
+  >>> predictions(np.log(np.array([[0.2, 0.8], [0.6, 0.4]])))
+  (array([1, 0]), array([0.8, 0.6]))
+  """
+  # The largest probability alone, 1 / sum(exp(logits - max)): scipy.special's
+  # softmax would cost training 0.2 s of imports.
+  shifted = logits_NC - logits_NC.max(-1, keepdims=True)
+  return logits_NC.argmax(-1), 1 / np.exp(shifted).sum(-1)
 
 
 def sheet(images_NHW, labels_N: np.ndarray, logits_NC: np.ndarray, *,
@@ -40,12 +50,14 @@ def sheet(images_NHW, labels_N: np.ndarray, logits_NC: np.ndarray, *,
 
   Class names longer than a digit go on two lines ('true', '> predicted:
   confidence'), in cells widened to the longest. `images_NHW` may be a device
-  array: only the chosen images are copied. The sheet's size depends only on
-  the layout and the class names; unused cells stay blank.
+  array. The sheet's size depends only on the layout and the class names;
+  unused cells stay blank.
   """
   chosen = confident_mistakes(logits_NC, labels_N, rows * columns)
-  images = np.asarray(images_NHW[chosen], np.uint8).reshape(-1, 28, 28)
-  probabilities = special.softmax(logits_NC[chosen], axis=-1)
+  # Indexed on the host: a device array's indexing compiles 8 small programs,
+  # 0.15 s, where copying the 10,000 test images takes milliseconds.
+  images = np.asarray(images_NHW, np.uint8)[chosen].reshape(-1, 28, 28)
+  predicted, confidence = predictions(logits_NC[chosen])
   font = ImageFont.load_default(size=11)
   names = max(map(len, class_names)) > 1
   side = 28 * scale
@@ -55,16 +67,17 @@ def sheet(images_NHW, labels_N: np.ndarray, logits_NC: np.ndarray, *,
   cell_w, cell_h = width + 2 * _GAP, side + caption + 2 * _GAP
   result = Image.new('L', (columns * cell_w, rows * cell_h), 255)
   draw = ImageDraw.Draw(result)
-  for n, (image, label, p) in enumerate(zip(images, labels_N[chosen], probabilities)):
+  for n, (image, label, guess, p) in enumerate(
+      zip(images, labels_N[chosen], predicted, confidence)):
     left, top = (n % columns) * cell_w + _GAP, (n // columns) * cell_h + _GAP
     result.paste(Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST),
                  (left + (width - side) // 2, top))
-    true, predicted = class_names[label], class_names[p.argmax()]
+    true, said = class_names[label], class_names[guess]
     centre = (left + width // 2, top + side + caption // 2)
     if names:
-      draw.multiline_text(centre, f'{true}\n> {predicted}: {p.max():.0%}',
+      draw.multiline_text(centre, f'{true}\n> {said}: {p:.0%}',
                           fill=0, font=font, anchor='mm', align='center')
     else:
-      draw.text(centre, f'{true} > {predicted}: {p.max():.0%}', fill=0,
+      draw.text(centre, f'{true} > {said}: {p:.0%}', fill=0,
                 font=font, anchor='mm')
   return result
