@@ -9,6 +9,7 @@ import platform
 import sys
 
 import jax
+import numpy as np
 
 from flax_mnist import idx
 from flax_mnist import malloc
@@ -69,6 +70,20 @@ def mnist(data_dir: str, smoke: bool):
     data = input_pipeline.Mnist(data.train_images[:1000], data.train_labels[:1000],
                                 data.test_images[:500], data.test_labels[:500])
   return data
+
+
+def held_out(data, count: int, seed: int = 0):
+  """`data` with `count` training examples, drawn at random (numpy seed
+  `seed`), as its test split and the rest as its training split: settings
+  chosen on them never see the test set."""
+  from flax_mnist import input_pipeline
+  order = np.random.default_rng(seed).permutation(len(data.train_labels))
+  if not 0 < count < len(order):
+    raise SystemExit(f'--validation {count}: expected 1 to {len(order) - 1} examples')
+  held, kept = order[:count], order[count:]
+  return input_pipeline.from_arrays(
+      (data.train_images[kept], data.train_labels[kept]),
+      (data.train_images[held], data.train_labels[held]))
 
 
 def arguments(doc: str) -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ SCRIPTS = {
     'throughput.py': [],
     'compare.py': [],
     'time_to_accuracy.py': ['--presets', 'beginners', 'fast', '--data-dir'],
-    'fast_search.py': ['--data-dir'],
+    'fast_search.py': ['--validation', '100', '--data-dir'],
     'data_parallel.py': ['--data-dir'],
     'serve_load.py': ['--data-dir'],
     'end_to_end.py': ['--data-dir'],
