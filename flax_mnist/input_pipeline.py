@@ -261,29 +261,6 @@ def _batch(images_BHWC: jax.Array, labels_B: jax.Array, mask_B: jax.Array,
   return batch
 
 
-def _take_aligned(x: np.ndarray, order: np.ndarray, alignment: int = 64
-                 ) -> np.ndarray:
-  """`x[order]` for indices `order` in range, its first byte at a multiple
-  of `alignment`.
-
-  XLA:CPU adopts a host buffer aligned to 64 bytes, where it copies any
-  other: `jax.device_put` of MNIST's 47 MB epoch then takes 0.4 ms, not
-  5-25. numpy aligns to 16 only.
-
-  >>> x = np.arange(12, dtype=np.uint8).reshape(6, 2)
-  >>> y = _take_aligned(x, np.array([5, 0, 3]))
-  >>> y.tolist(), y.ctypes.data % 64
-  ([[10, 11], [0, 1], [6, 7]], 0)
-  """
-  shape = (len(order), *x.shape[1:])
-  size = int(np.prod(shape)) * x.itemsize
-  buffer = np.empty(size + alignment, np.uint8)
-  start = -buffer.ctypes.data % alignment
-  out = buffer[start:start + size].view(x.dtype).reshape(shape)
-  # 'clip': with the default 'raise', numpy gathers into a temporary first.
-  return np.take(x, order, axis=0, out=out, mode='clip')
-
-
 class ShuffledEpochs:
   """The training split as each epoch takes it: epoch `e` is a copy of the
   examples in the order `epoch_permutation(data_key, e, n)`, on the device,
@@ -325,7 +302,7 @@ class ShuffledEpochs:
 
   def _copy(self, epoch: int) -> Split:
     order = epoch_permutation(self._data_key, epoch, len(self._labels))
-    return _put((_take_aligned(self._images, order), self._labels[order],
+    return _put((self._images[order], self._labels[order],
                  np.ones(len(order), bool)), self._sharding)
 
   def __enter__(self) -> 'ShuffledEpochs':

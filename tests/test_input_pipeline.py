@@ -116,12 +116,3 @@ def test_shuffled_epochs_are_the_split_in_each_epochs_order(tiny_mnist):
       assert bool(split.mask_N.all())
       batch = input_pipeline.batch_slice(split, 2, batch_size=50)
       np.testing.assert_array_equal(batch['label'], labels[order[100:150]])
-
-
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='a host buffer only on CPU')
-def test_an_epochs_images_reach_the_cpu_device_without_another_copy(tiny_mnist):
-  images = tiny_mnist.train_images
-  order = input_pipeline.epoch_permutation(jax.random.PRNGKey(3), 0, len(images))
-  copy = input_pipeline._take_aligned(images, order)
-  np.testing.assert_array_equal(copy, images[order])
-  assert jax.device_put(copy).unsafe_buffer_pointer() == copy.ctypes.data
