@@ -267,7 +267,7 @@ def fast() -> Config:
   0.9929, 0.9916, 0.9933, 0.9928 and 0.9916 (median 0.9928), the whole
   command 11.1-11.7 s, or 15.2 s with an empty compilation cache; on 2 EPYC
   Zen 4 cores 0.9928, 0.9925, 0.9926, 0.9929 and 0.9921 (median 0.9926),
-  16.8-21.5 s with an empty cache (medians 18.0 and 19.0 s in two sets of 5).
+  15.4-21.5 s with an empty cache (medians 16.0-19.0 s in five sets of 5).
   """
   return Config(model='fast_cnn', optimizer='adam', learning_rate=6e-3,
                 lr_schedule='cosine', warmup_steps=93, adam_b1=0.7, adam_b2=0.9,
